@@ -1,0 +1,1 @@
+"""Metrics, the oracle floor and the harness that scores counterfactual predictions."""

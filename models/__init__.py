@@ -1,0 +1,1 @@
+"""Counterfactual models behind one interface (see base.py)."""

@@ -1,0 +1,33 @@
+"""The generative process: world, cells, concepts, exact counts and counterfactuals.
+
+Public API: :func:`simulate`, :class:`Dataset`, :func:`poisson_ppf`,
+:func:`make_tasks`, :func:`corrupt`, :func:`write_bundle`, :func:`read_bundle`
+and :class:`SimulationParams`.
+"""
+
+from simcell.simulator.bundle import Bundle, read_bundle, write_bundle
+from simcell.simulator.cells import CellStates, solve_concepts
+from simcell.simulator.corrupt import CorruptionRecord, corrupt
+from simcell.simulator.dataset import Dataset, simulate
+from simcell.simulator.params import SimulationParams
+from simcell.simulator.poisson import poisson_ppf
+from simcell.simulator.tasks import Task, make_tasks
+from simcell.simulator.world import World, draw_world
+
+__all__ = [
+    "Bundle",
+    "CellStates",
+    "CorruptionRecord",
+    "Dataset",
+    "SimulationParams",
+    "Task",
+    "World",
+    "corrupt",
+    "draw_world",
+    "make_tasks",
+    "poisson_ppf",
+    "read_bundle",
+    "simulate",
+    "solve_concepts",
+    "write_bundle",
+]

@@ -1,0 +1,514 @@
+"""``simulate``: a whole dataset in memory, with exact counterfactual twins."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+import simcell
+from simcell import SimcellError
+from simcell.simulator._rng import CELL_BLOCK, stream
+from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
+from simcell.simulator.corrupt import CorruptionRecord, corrupt
+from simcell.simulator.counts import (
+    RowBatch,
+    chunk_bounds,
+    chunk_noise,
+    evaluate_counts,
+    map_chunks,
+    to_csr,
+    world_arrays,
+)
+from simcell.simulator.params import InterventionMode, SimulationParams
+from simcell.simulator.tasks import SPLIT_LABELS, Task, make_tasks
+from simcell.simulator.world import World, draw_world
+
+#: default number of cells evaluated together (rounded to whole blocks)
+DEFAULT_CHUNK = 1024
+
+Progress = Callable[[int], None]
+
+
+def concept_names(n_concepts: int) -> list[str]:
+    return [f"concept_{k}" for k in range(n_concepts)]
+
+
+@dataclass(frozen=True, eq=False)
+class CounterfactualRequest:
+    """Rows to evaluate under edited concepts.
+
+    Attributes
+    ----------
+    source : ndarray of int64, shape (n_rows,)
+        Position of each row's factual cell.
+    concepts : ndarray, shape (n_rows, n_concepts)
+        The counterfactual concepts of each row.
+    """
+
+    source: np.ndarray
+    concepts: np.ndarray
+
+
+class Dataset:
+    """A simulated dataset: its world, every cell's exogenous state and counts.
+
+    Attributes
+    ----------
+    params : SimulationParams
+    seed : int
+    scenario : str
+    world : World
+    cells : CellStates
+    tasks : list of Task
+    factual : AnnData
+        Laid out as the bundle's ``factual.h5ad``.
+    counterfactuals : AnnData
+        The tasks' ground truth, laid out as ``counterfactual.h5ad``.
+    corruption : CorruptionRecord or None
+    """
+
+    def __init__(
+        self,
+        *,
+        params: SimulationParams,
+        seed: int,
+        scenario: str,
+        world: World,
+        cells: CellStates,
+        tasks: list[Task],
+        factual: ad.AnnData,
+        counterfactuals: ad.AnnData,
+        corruption: CorruptionRecord | None,
+    ) -> None:
+        self.params = params
+        self.seed = seed
+        self.scenario = scenario
+        self.world = world
+        self.cells = cells
+        self.tasks = tasks
+        self.factual = factual
+        self.counterfactuals = counterfactuals
+        self.corruption = corruption
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(scenario={self.scenario!r}, seed={self.seed}, "
+            f"n_cells={self.params.n_cells}, n_genes={self.params.n_genes}, "
+            f"tasks={len(self.tasks)})"
+        )
+
+    def _positions(self, cells: Sequence[int] | Sequence[str] | np.ndarray) -> np.ndarray:
+        if isinstance(cells, (list, tuple)) and cells:
+            kinds = {isinstance(c, str) for c in cells}
+            if len(kinds) > 1:
+                raise SimcellError("cells must be all obs names or all positions, not a mix")
+        values = np.atleast_1d(np.asarray(cells))
+        if values.dtype.kind in "OUS":
+            index = self.factual.obs_names.get_indexer(values.astype(str))
+            if (index < 0).any():
+                missing = values[index < 0][:5].tolist()
+                raise SimcellError(f"unknown cell name(s): {missing}")
+            return index.astype(np.int64)
+        if values.dtype.kind not in "iu":
+            raise SimcellError("cells must be obs names or integer positions")
+        n = self.params.n_cells
+        if ((values < -n) | (values >= n)).any():
+            raise SimcellError(f"cell position out of range for {n} cells")
+        return np.where(values < 0, values + n, values).astype(np.int64)
+
+    def _concept_index(self, key: int | str) -> int:
+        names = concept_names(self.params.n_concepts)
+        if isinstance(key, str):
+            if key not in names:
+                raise SimcellError(f"unknown concept {key!r}; concepts are {names}")
+            return names.index(key)
+        if not 0 <= int(key) < len(names):
+            raise SimcellError(f"concept {key} out of range 0..{len(names) - 1}")
+        return int(key)
+
+    def counterfactual(
+        self,
+        cells: Sequence[int] | Sequence[str] | np.ndarray,
+        do: Mapping[int | str, float | np.ndarray] | None = None,
+        mode: InterventionMode = "causal",
+        *,
+        n_threads: int | None = None,
+    ) -> ad.AnnData:
+        """Exact counterfactual twins of ``cells`` under ``do(v_k := value)``.
+
+        Every exogenous quantity (batch, tissue, cell type, library size, ε, δ, η)
+        is kept; only the concepts the intervention changes (and, in ``causal``
+        mode, their descendants in the concept DAG) change.
+
+        Parameters
+        ----------
+        cells : sequence of str or int
+            Obs names or positions.
+        do : mapping of concept (name or index) to value(s), optional
+            A value is a scalar or an array of shape (n_cells,). Empty: the
+            factual cells, bit for bit.
+        mode : {"causal", "direct"}
+        n_threads : int, optional
+
+        Returns
+        -------
+        AnnData
+            Laid out as ``counterfactual.h5ad``: integer counts in ``X``, ``obs``
+            with ``task`` (``"do"``), ``source_cell`` and ``mode``, and
+            ``obsm["concepts_true"]``.
+        """
+        index = self._positions(cells)
+        edits = {
+            self._concept_index(k): np.asarray(v, dtype=np.float64) for k, v in (do or {}).items()
+        }
+        for k, value in edits.items():
+            if value.ndim and value.shape != (index.size,):
+                raise SimcellError(
+                    f"do(): value of concept {k} has shape {value.shape}, expected ({index.size},)"
+                )
+        new_concepts = intervene_concepts(self.params, self.world, self.cells, index, edits, mode)
+        request = CounterfactualRequest(source=index, concepts=new_concepts)
+        counts = _evaluate_requests(
+            self.params, self.world, self.cells, self.seed, request, n_threads=n_threads
+        )
+        return _counterfactual_anndata(
+            self.factual.obs_names, counts, request, ["do"] * index.size, mode, self.params
+        )
+
+
+def _rows(cells: CellStates, source: np.ndarray, concepts: np.ndarray, start: int) -> RowBatch:
+    return RowBatch(
+        local=(source - start).astype(np.int64),
+        batch=cells.batch[source],
+        tissue=cells.tissue[source],
+        cell_type=cells.cell_type[source],
+        library_size=cells.library_size[source],
+        concepts=concepts,
+    )
+
+
+def _evaluate_requests(
+    params: SimulationParams,
+    world: World,
+    cells: CellStates,
+    seed: int,
+    request: CounterfactualRequest,
+    *,
+    n_threads: int | None = None,
+) -> sp.csr_matrix:
+    """Counts of arbitrary (cell, concepts) rows, regenerating only their blocks."""
+    arrays = world_arrays(world, params.noise_sd)
+    order = np.argsort(request.source, kind="stable")
+    source = request.source[order]
+    blocks = np.unique(source // CELL_BLOCK)
+    results = []
+
+    def work(block_start: int, block_stop: int) -> sp.csr_matrix:
+        lo, hi = np.searchsorted(source, [block_start, block_stop])
+        residual, uniform = chunk_noise(seed, block_start, block_stop, params.n_genes)
+        rows = _rows(cells, source[lo:hi], request.concepts[order[lo:hi]], block_start)
+        return to_csr(evaluate_counts(arrays, rows, residual, uniform))
+
+    bounds = [(int(b) * CELL_BLOCK, min((int(b) + 1) * CELL_BLOCK, params.n_cells)) for b in blocks]
+    results = list(map_chunks(work, bounds, _threads(n_threads)))
+    if not results:
+        return sp.csr_matrix((0, params.n_genes), dtype=np.int32)
+    counts = sp.vstack(results, format="csr")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return _csr_int32(counts[inverse])
+
+
+def _csr_int32(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    matrix = sp.csr_matrix(matrix)
+    matrix.data = matrix.data.astype(np.int32, copy=False)
+    matrix.indices = matrix.indices.astype(np.int32, copy=False)
+    return matrix
+
+
+def _threads(n_threads: int | None) -> int:
+    return max(1, int(n_threads)) if n_threads else max(1, os.cpu_count() or 1)
+
+
+def _counterfactual_anndata(
+    factual_names: pd.Index,
+    counts: sp.csr_matrix,
+    request: CounterfactualRequest,
+    task: Sequence[str],
+    mode: str,
+    params: SimulationParams,
+) -> ad.AnnData:
+    source_names = np.asarray(factual_names)[request.source]
+    names = [f"{t}:{s}" for t, s in zip(task, source_names, strict=True)]
+    obs = pd.DataFrame(
+        {
+            "task": pd.Categorical(list(task)),
+            "source_cell": source_names.astype(str),
+            "mode": pd.Categorical([mode] * len(names), categories=["causal", "direct"]),
+        },
+        index=pd.Index(names, dtype=str),
+    )
+    var = pd.DataFrame(index=pd.Index([f"gene_{j}" for j in range(params.n_genes)], dtype=str))
+    concepts = pd.DataFrame(
+        request.concepts, index=obs.index, columns=concept_names(params.n_concepts)
+    )
+    return ad.AnnData(X=counts, obs=obs, var=var, obsm={"concepts_true": concepts})
+
+
+def simulate(
+    params: SimulationParams,
+    seed: int = 0,
+    *,
+    scenario: str = "custom",
+    chunk_size: int = DEFAULT_CHUNK,
+    n_threads: int | None = None,
+    progress: Progress | None = None,
+) -> Dataset:
+    """Simulate a dataset with its tasks and their exact counterfactuals.
+
+    Parameters
+    ----------
+    params : SimulationParams
+    seed : int
+        Non-negative seed; every random quantity comes from a stream keyed by it.
+    scenario : str
+        Name recorded in the dataset's metadata.
+    chunk_size : int
+        Cells evaluated together (rounded up to whole blocks of 256); does not
+        change the result.
+    n_threads : int, optional
+        Threads evaluating chunks (default: all cores); does not change the result.
+    progress : callable, optional
+        Called with the number of cells just finished.
+
+    Returns
+    -------
+    Dataset
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SimcellError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    world = draw_world(params, seed)
+    cells = draw_cells(params, world, seed)
+    tasks = make_tasks(
+        cells.cell_type,
+        cells.concepts,
+        n_tasks=params.n_tasks,
+        min_cells=params.min_task_cells,
+        rng=stream(seed, "tasks"),
+        concept_kinds=params.kinds,
+    )
+    request, task_labels = _task_requests(params, world, cells, tasks)
+    factual_counts, counterfactual_counts = _count_pass(
+        params, world, cells, seed, request, chunk_size, _threads(n_threads), progress
+    )
+    annotations, record = _annotations(params, cells, tasks, seed)
+    factual = _factual_anndata(params, world, cells, tasks, factual_counts, annotations)
+    counterfactuals = _counterfactual_anndata(
+        factual.obs_names,
+        counterfactual_counts,
+        request,
+        task_labels,
+        params.intervention_mode,
+        params,
+    )
+    dataset = Dataset(
+        params=params,
+        seed=seed,
+        scenario=scenario,
+        world=world,
+        cells=cells,
+        tasks=tasks,
+        factual=factual,
+        counterfactuals=counterfactuals,
+        corruption=record,
+    )
+    factual.uns["simcell"] = _metadata(dataset)
+    return dataset
+
+
+def _task_requests(
+    params: SimulationParams, world: World, cells: CellStates, tasks: list[Task]
+) -> tuple[CounterfactualRequest, list[str]]:
+    sources, concepts, labels = [], [], []
+    for task in tasks:
+        index = task.intervene
+        sources.append(index)
+        concepts.append(
+            intervene_concepts(
+                params, world, cells, index, {task.concept: 1.0}, params.intervention_mode
+            )
+        )
+        labels += [task.name] * index.size
+    if not sources:
+        return (
+            CounterfactualRequest(
+                source=np.zeros(0, dtype=np.int64), concepts=np.zeros((0, params.n_concepts))
+            ),
+            [],
+        )
+    return (
+        CounterfactualRequest(source=np.concatenate(sources), concepts=np.concatenate(concepts)),
+        labels,
+    )
+
+
+def _count_pass(
+    params: SimulationParams,
+    world: World,
+    cells: CellStates,
+    seed: int,
+    request: CounterfactualRequest,
+    chunk_size: int,
+    n_threads: int,
+    progress: Progress | None,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Factual counts of every cell and the requested counterfactual rows, one pass."""
+    arrays = world_arrays(world, params.noise_sd)
+    order = np.argsort(request.source, kind="stable")
+    source = request.source[order]
+
+    def work(start: int, stop: int):
+        residual, uniform = chunk_noise(seed, start, stop, params.n_genes)
+        index = np.arange(start, stop)
+        factual = evaluate_counts(
+            arrays, _rows(cells, index, cells.concepts[start:stop], start), residual, uniform
+        )
+        lo, hi = np.searchsorted(source, [start, stop])
+        twin = evaluate_counts(
+            arrays,
+            _rows(cells, source[lo:hi], request.concepts[order[lo:hi]], start),
+            residual,
+            uniform,
+        )
+        return to_csr(factual), to_csr(twin), stop - start
+
+    factual_parts, twin_parts = [], []
+    for factual, twin, n_done in map_chunks(
+        work, chunk_bounds(params.n_cells, chunk_size), n_threads
+    ):
+        factual_parts.append(factual)
+        twin_parts.append(twin)
+        if progress is not None:
+            progress(n_done)
+    factual_counts = _csr_int32(sp.vstack(factual_parts, format="csr"))
+    twins = sp.vstack(twin_parts, format="csr")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return factual_counts, _csr_int32(twins[inverse])
+
+
+def _annotations(
+    params: SimulationParams, cells: CellStates, tasks: list[Task], seed: int
+) -> tuple[pd.DataFrame, CorruptionRecord | None]:
+    names = concept_names(params.n_concepts)
+    table = pd.DataFrame(cells.concepts.astype(np.float32), columns=names)
+    if params.corruption == "none" or params.corruption_level == 0:
+        return table, None
+    protect = sorted({names[t.concept] for t in tasks})
+    return corrupt(
+        table,
+        params.corruption,
+        params.corruption_level,
+        p=params.corruption_p,
+        protect=protect,
+        rng=stream(seed, "corruption"),
+    )
+
+
+def _categorical(codes: np.ndarray, prefix: str, n: int) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, categories=[f"{prefix}_{i}" for i in range(n)])
+
+
+def _factual_anndata(
+    params: SimulationParams,
+    world: World,
+    cells: CellStates,
+    tasks: list[Task],
+    counts: sp.csr_matrix,
+    annotations: pd.DataFrame,
+) -> ad.AnnData:
+    obs_names = pd.Index([f"cell_{i}" for i in range(params.n_cells)], dtype=str)
+    obs = pd.DataFrame(
+        {
+            "batch": _categorical(cells.batch, "batch", params.n_batches),
+            "tissue": _categorical(cells.tissue, "tissue", params.n_tissues),
+            "cell_type": _categorical(cells.cell_type, "cell_type", params.n_cell_types),
+            "library_size": cells.library_size,
+        },
+        index=obs_names,
+    )
+    for task in tasks:
+        obs[f"split:{task.name}"] = pd.Categorical(task.split.astype(str), categories=SPLIT_LABELS)
+    var = pd.DataFrame(
+        {"baseline": world.baseline},
+        index=pd.Index([f"gene_{j}" for j in range(params.n_genes)], dtype=str),
+    )
+    annotations = annotations.copy()
+    annotations.index = obs_names
+    concepts_true = pd.DataFrame(
+        cells.concepts, index=obs_names, columns=concept_names(params.n_concepts)
+    )
+    return ad.AnnData(
+        X=counts,
+        obs=obs,
+        var=var,
+        obsm={"concepts": annotations, "concepts_true": concepts_true},
+        varm={
+            "concept_effects": world.concept_effects.T.copy(),
+            "batch_effects": world.batch_effects.T.copy(),
+            "tissue_effects": world.tissue_effects.T.copy(),
+            "cell_type_effects": world.cell_type_effects.T.copy(),
+        },
+    )
+
+
+def _metadata(dataset: Dataset) -> dict:
+    params, world = dataset.params, dataset.world
+    resolved = params.to_dict()
+    resolved["concept_edges"] = np.asarray(params.concept_edges, dtype=np.float64).reshape(-1, 3)
+    tasks = pd.DataFrame(
+        {
+            "name": [t.name for t in dataset.tasks],
+            "cell_type": [f"cell_type_{t.cell_type}" for t in dataset.tasks],
+            "concept": [f"concept_{t.concept}" for t in dataset.tasks],
+            "n_intervene": [int((t.split == "intervene").sum()) for t in dataset.tasks],
+            "n_heldout": [int((t.split == "heldout").sum()) for t in dataset.tasks],
+        }
+    )
+    meta = {
+        "version": simcell.__version__,
+        "scenario": dataset.scenario,
+        "seed": dataset.seed,
+        "params": resolved,
+        "tasks": tasks,
+        "concept_dag": resolved["concept_edges"],
+        "concept_kinds": np.asarray(params.kinds, dtype=str),
+        "world": {
+            "batch_proportions": world.batch_proportions,
+            "tissue_proportions": world.tissue_proportions,
+            "cell_type_proportions": world.cell_type_proportions,
+            "concept_probability": world.concept_probability,
+            "library_size_sd": world.library_size_sd,
+            "unaffected_probability": world.unaffected_probability,
+        },
+    }
+    if dataset.corruption is not None:
+        meta["corruption"] = dataset.corruption.to_dict()
+    return _storable(meta)
+
+
+def _storable(value):
+    """Lists become arrays so that h5ad can store the metadata."""
+    if isinstance(value, dict):  # h5ad has no None: such keys are left out
+        return {k: _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        array = np.asarray(value)
+        return array.astype(str) if array.dtype.kind in "OU" or array.size == 0 else array
+    return value

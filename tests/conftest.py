@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny seeded datasets built in well under a second."""
+
+from __future__ import annotations
+
+import pytest
+
+from simcell import scenarios
+from simcell.simulator import simulate
+
+
+@pytest.fixture(scope="session")
+def small_params():
+    return scenarios.load("synthetic2", n_cells=1500, n_genes=120)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(small_params):
+    return simulate(small_params, seed=7, scenario="synthetic2")
+
+
+@pytest.fixture(scope="session")
+def causal_dataset():
+    params = scenarios.load("causal", n_cells=1500, n_genes=120)
+    return simulate(params, seed=3, scenario="causal")

@@ -1,0 +1,115 @@
+"""Intervention splits (paper C.6) and concept corruptions (paper C.4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simcell import SimcellError
+from simcell.simulator import corrupt, make_tasks
+
+
+def test_splits_follow_the_heldout_pairs(small_dataset):
+    data = small_dataset
+    obs, truth = data.factual.obs, data.counterfactuals
+    assert len(data.tasks) == data.params.n_tasks
+    pairs = {(t.cell_type, t.concept) for t in data.tasks}
+    assert len(pairs) == len(data.tasks)  # distinct pairs
+    for task in data.tasks:
+        split = obs[f"split:{task.name}"].to_numpy().astype(str)
+        of_type = data.cells.cell_type == task.cell_type
+        on = data.cells.concepts[:, task.concept] == 1
+        assert not np.any((split == "train") & of_type & on)
+        np.testing.assert_array_equal(split == "heldout", of_type & on)
+        off = of_type & ~on
+        n_intervene = np.count_nonzero(split == "intervene")
+        assert n_intervene == np.count_nonzero(off) // 2
+        assert np.all(off[split == "intervene"])
+        rows = truth.obs[truth.obs["task"] == task.name]
+        intervene_names = obs.index[split == "intervene"]
+        assert rows["source_cell"].is_unique
+        assert set(rows["source_cell"]) == set(intervene_names)
+        concepts = truth.obsm["concepts_true"].loc[rows.index].to_numpy()
+        assert np.all(concepts[:, task.concept] == 1)
+
+
+def test_make_tasks_is_seeded_and_warns_when_short():
+    rng = np.random.default_rng(0)
+    cell_type = rng.integers(0, 3, 400)
+    concepts = (rng.random((400, 4)) < 0.4).astype(float)
+    a = make_tasks(cell_type, concepts, n_tasks=4, min_cells=10, rng=np.random.default_rng(1))
+    b = make_tasks(cell_type, concepts, n_tasks=4, min_cells=10, rng=np.random.default_rng(1))
+    assert [(t.cell_type, t.concept) for t in a] == [(t.cell_type, t.concept) for t in b]
+    assert all((x.split == y.split).all() for x, y in zip(a, b, strict=True))
+    with pytest.warns(UserWarning, match="eligible"):
+        few = make_tasks(
+            cell_type, concepts, n_tasks=50, min_cells=10, rng=np.random.default_rng(1)
+        )
+    assert len(few) == 12
+
+
+def _table(n=500, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        (rng.random((n, k)) < 0.5).astype(np.float32), columns=[f"concept_{i}" for i in range(k)]
+    )
+
+
+def test_missing_and_incorrect_respect_protection_and_rates():
+    table = _table()
+    out, record = corrupt(
+        table, "missing", 3, protect=["concept_0", "concept_1"], rng=np.random.default_rng(0)
+    )
+    assert set(record.columns) == {"concept_2", "concept_3", "concept_4"}
+    assert out[list(record.columns)].isna().all().all()
+    pd.testing.assert_frame_equal(
+        out[["concept_0", "concept_1"]], table[["concept_0", "concept_1"]]
+    )
+    out, record = corrupt(
+        table, "incorrect", 1, p=0.3, protect=["concept_0"], rng=np.random.default_rng(0)
+    )
+    (column,) = record.columns
+    flipped = (out[column] != table[column]).mean()
+    assert 0.22 < flipped < 0.38  # Binomial(500, 0.3)
+    assert record.changed_entries == int((out[column] != table[column]).sum())
+    pd.testing.assert_frame_equal(out.drop(columns=column), table.drop(columns=column))
+
+
+def test_irrelevant_and_duplicate_append_columns():
+    table = _table()
+    out, record = corrupt(table, "irrelevant", 2, rng=np.random.default_rng(0))
+    assert list(out.columns[-2:]) == list(record.added) and out.shape[1] == 7
+    assert set(np.unique(out[list(record.added)])) == {0.0, 1.0}
+    out, record = corrupt(
+        table, "duplicate", 2, protect=["concept_4"], rng=np.random.default_rng(0)
+    )
+    for source, copy in zip(record.columns, record.added, strict=True):
+        np.testing.assert_array_equal(out[source], out[copy])
+    assert "concept_4" not in record.columns
+
+
+def test_bad_corruptions():
+    table = _table(k=2)
+    with pytest.raises(SimcellError, match="exceeds"):
+        corrupt(table, "missing", 2, protect=["concept_0"], rng=np.random.default_rng(0))
+    with pytest.raises(SimcellError, match="unknown corruption"):
+        corrupt(table, "smudged", 1, rng=np.random.default_rng(0))
+    with pytest.raises(SimcellError, match="protected"):
+        corrupt(table, "missing", 1, protect=["concept_9"], rng=np.random.default_rng(0))
+
+
+def test_corruption_never_touches_task_concepts():
+    from simcell import scenarios
+    from simcell.simulator import simulate
+
+    params = scenarios.load(
+        "synthetic1", n_cells=1200, n_genes=30, corruption="missing", corruption_level=2, n_tasks=2
+    )
+    data = simulate(params, seed=2)
+    seen = data.factual.obsm["concepts"]
+    for task in data.tasks:
+        column = f"concept_{task.concept}"
+        assert column not in data.corruption.columns
+        np.testing.assert_array_equal(seen[column].to_numpy(), data.cells.concepts[:, task.concept])
+    assert seen[list(data.corruption.columns)].isna().all().all()
