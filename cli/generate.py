@@ -52,8 +52,15 @@ DATA_ROOT = Path("simcell-data")
     default=None,
     help="Worker threads  [default: all cores] (does not change the result).",
 )
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Where counts are computed (same result everywhere).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(scenario, out, seed, n_cells, n_genes, overrides, chunk_size, threads, quiet):
+def generate(scenario, out, seed, n_cells, n_genes, overrides, chunk_size, threads, device, quiet):
     """Simulate a scenario and write its dataset bundle."""
     started = time.perf_counter()
     with user_errors():

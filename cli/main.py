@@ -7,6 +7,7 @@ import logging
 import click
 
 import simcell
+from simcell.cli.evaluate import evaluate
 from simcell.cli.generate import generate, scenarios
 
 
@@ -21,3 +22,4 @@ def main(verbose: int) -> None:
 
 main.add_command(generate)
 main.add_command(scenarios)
+main.add_command(evaluate)

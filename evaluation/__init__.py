@@ -1,1 +1,50 @@
 """Metrics, the oracle floor and the harness that scores counterfactual predictions."""
+
+from simcell.evaluation.harness import (
+    RESULT_COLUMNS,
+    add_gap_closed,
+    evaluate,
+    oracle_prediction,
+    read_predictions,
+    task_data,
+)
+from simcell.evaluation.metrics import (
+    bootstrap_ci,
+    energy_distance,
+    frechet_distance,
+    get_metric,
+    list_metrics,
+    mmd,
+    rfid,
+    rmmd,
+    rsd,
+    sinkhorn_divergence,
+)
+from simcell.evaluation.oracle import OracleInputs, oracle_counterfactual
+from simcell.evaluation.preprocess import Preprocessor, lognormalise
+from simcell.evaluation.report import summary_markdown, write_report
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "OracleInputs",
+    "Preprocessor",
+    "add_gap_closed",
+    "bootstrap_ci",
+    "energy_distance",
+    "evaluate",
+    "frechet_distance",
+    "get_metric",
+    "list_metrics",
+    "lognormalise",
+    "mmd",
+    "oracle_counterfactual",
+    "oracle_prediction",
+    "read_predictions",
+    "rfid",
+    "rmmd",
+    "rsd",
+    "sinkhorn_divergence",
+    "summary_markdown",
+    "task_data",
+    "write_report",
+]

@@ -114,7 +114,7 @@ def _rates_at(
 @numba.njit(nogil=True, cache=True)
 def _dense_to_csr(dense):  # pragma: no cover - compiled
     n_rows, n_cols = dense.shape
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    indptr = np.zeros(n_rows + 1, dtype=np.int32)  # a chunk holds < 2^31 entries
     for r in range(n_rows):
         count = 0
         for c in range(n_cols):

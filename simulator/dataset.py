@@ -268,6 +268,7 @@ def simulate(
     scenario: str = "custom",
     chunk_size: int = DEFAULT_CHUNK,
     n_threads: int | None = None,
+    device: str = "cpu",
     progress: Progress | None = None,
 ) -> Dataset:
     """Simulate a dataset with its tasks and their exact counterfactuals.
@@ -284,6 +285,9 @@ def simulate(
         change the result.
     n_threads : int, optional
         Threads evaluating chunks (default: all cores); does not change the result.
+    device : {"cpu", "cuda", "auto"}
+        Where log-rates and the inverse CDF are evaluated; the counts are the
+        same on every device.
     progress : callable, optional
         Called with the number of cells just finished.
 
@@ -305,9 +309,16 @@ def simulate(
         concept_kinds=params.kinds,
     )
     request, task_labels = _task_requests(params, world, cells, tasks)
-    factual_counts, counterfactual_counts = _count_pass(
-        params, world, cells, seed, request, chunk_size, _threads(n_threads), progress
-    )
+    job = count_job(params, world, cells, seed, request, device)
+    factual_counts = CSRBuilder(params.n_cells, params.n_genes)
+    counterfactual_counts = CSRBuilder(request.source.size, params.n_genes)
+    chunks = chunk_bounds(params.n_cells, chunk_size)
+    for factual_part, twin_part, n_done in map_chunks(job, chunks, _threads(n_threads)):
+        factual_counts.append(factual_part)
+        counterfactual_counts.append(twin_part)
+        if progress is not None:
+            progress(n_done)
+    factual_counts, counterfactual_counts = factual_counts.finish(), counterfactual_counts.finish()
     annotations, record = _annotations(params, cells, tasks, seed)
     factual = _factual_anndata(params, world, cells, tasks, factual_counts, annotations)
     counterfactuals = _counterfactual_anndata(
@@ -336,8 +347,13 @@ def simulate(
 def _task_requests(
     params: SimulationParams, world: World, cells: CellStates, tasks: list[Task]
 ) -> tuple[CounterfactualRequest, list[str]]:
-    sources, concepts, labels = [], [], []
-    for task in tasks:
+    """Every task's twins, ordered by source cell (then task), the bundle's row order.
+
+    Source-major order lets the counterfactual rows be produced and written in the
+    same pass over cell blocks as the factual cells.
+    """
+    sources, concepts, numbers = [], [], []
+    for number, task in enumerate(tasks):
         index = task.intervene
         sources.append(index)
         concepts.append(
@@ -345,63 +361,131 @@ def _task_requests(
                 params, world, cells, index, {task.concept: 1.0}, params.intervention_mode
             )
         )
-        labels += [task.name] * index.size
+        numbers.append(np.full(index.size, number))
     if not sources:
-        return (
-            CounterfactualRequest(
-                source=np.zeros(0, dtype=np.int64), concepts=np.zeros((0, params.n_concepts))
-            ),
-            [],
-        )
-    return (
-        CounterfactualRequest(source=np.concatenate(sources), concepts=np.concatenate(concepts)),
-        labels,
+        empty = np.zeros(0, dtype=np.int64)
+        return CounterfactualRequest(source=empty, concepts=np.zeros((0, params.n_concepts))), []
+    source, number = np.concatenate(sources), np.concatenate(numbers)
+    order = np.lexsort((number, source))
+    request = CounterfactualRequest(
+        source=source[order].astype(np.int64), concepts=np.concatenate(concepts)[order]
     )
+    return request, [tasks[n].name for n in number[order]]
 
 
-def _count_pass(
-    params: SimulationParams,
-    world: World,
-    cells: CellStates,
-    seed: int,
-    request: CounterfactualRequest,
-    chunk_size: int,
-    n_threads: int,
-    progress: Progress | None,
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Factual counts of every cell and the requested counterfactual rows, one pass."""
-    arrays = world_arrays(world, params.noise_sd)
-    order = np.argsort(request.source, kind="stable")
-    source = request.source[order]
+@dataclass(frozen=True, eq=False)
+class CountJob:
+    """Everything needed to compute the counts of any chunk of cells.
 
-    def work(start: int, stop: int):
-        residual, uniform = chunk_noise(seed, start, stop, params.n_genes)
-        index = np.arange(start, stop)
-        factual = evaluate_counts(
-            arrays, _rows(cells, index, cells.concepts[start:stop], start), residual, uniform
+    A plain, picklable object: the same job runs in a thread, or on a Dask
+    worker after being scattered once.
+    """
+
+    arrays: tuple
+    cells: CellStates
+    request: CounterfactualRequest
+    seed: int
+    n_genes: int
+    device: str = "cpu"
+
+    def _evaluate(self, rows, residual, uniform) -> np.ndarray:
+        if self.device == "cpu":
+            return evaluate_counts(self.arrays, rows, residual, uniform)
+        import torch
+
+        from simcell.simulator._torch_counts import evaluate_counts_torch
+
+        return evaluate_counts_torch(
+            self.arrays, rows, residual, uniform, torch.device(self.device)
         )
-        lo, hi = np.searchsorted(source, [start, stop])
-        twin = evaluate_counts(
-            arrays,
-            _rows(cells, source[lo:hi], request.concepts[order[lo:hi]], start),
+
+    def __call__(self, start: int, stop: int) -> tuple[sp.csr_matrix, sp.csr_matrix, int]:
+        """Factual counts of cells [start, stop) and the twins whose source is in it."""
+        residual, uniform = chunk_noise(self.seed, start, stop, self.n_genes)
+        index = np.arange(start, stop)
+        factual = self._evaluate(
+            _rows(self.cells, index, self.cells.concepts[start:stop], start),
+            residual,
+            uniform,
+        )
+        lo, hi = np.searchsorted(self.request.source, [start, stop])
+        twin = self._evaluate(
+            _rows(self.cells, self.request.source[lo:hi], self.request.concepts[lo:hi], start),
             residual,
             uniform,
         )
         return to_csr(factual), to_csr(twin), stop - start
 
-    factual_parts, twin_parts = [], []
-    for factual, twin, n_done in map_chunks(
-        work, chunk_bounds(params.n_cells, chunk_size), n_threads
-    ):
-        factual_parts.append(factual)
-        twin_parts.append(twin)
-        if progress is not None:
-            progress(n_done)
-    factual_counts = _csr_int32(sp.vstack(factual_parts, format="csr"))
-    twins = sp.vstack(twin_parts, format="csr")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(order.size)
-    return factual_counts, _csr_int32(twins[inverse])
+
+def count_job(
+    params: SimulationParams,
+    world: World,
+    cells: CellStates,
+    seed: int,
+    request: CounterfactualRequest,
+    device: str = "cpu",
+) -> CountJob:
+    """The :class:`CountJob` of a simulation."""
+    return CountJob(
+        arrays=world_arrays(world, params.noise_sd),
+        cells=cells,
+        request=request,
+        seed=seed,
+        n_genes=params.n_genes,
+        device=resolve_device(device),
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    if device == "cpu":
+        return "cpu"
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        raise SimcellError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    try:
+        import torch
+    except ImportError:
+        if device == "auto":
+            return "cpu"
+        raise SimcellError("device 'cuda' needs torch") from None
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    if device == "auto":
+        return "cpu"
+    raise SimcellError(f"device {device!r} requested but torch sees no CUDA GPU")
+
+
+class CSRBuilder:
+    """Appends CSR row blocks into buffers sized for the dense worst case.
+
+    The buffers come from ``np.empty``: pages never written are never resident,
+    so the reserve costs address space, not memory, and no block is kept or
+    copied twice (peak = the matrix itself plus the block being appended).
+    """
+
+    def __init__(self, n_rows: int, n_cols: int) -> None:
+        capacity = n_rows * n_cols
+        self.index_type = np.int32 if capacity < np.iinfo(np.int32).max else np.int64
+        self.n_cols = n_cols
+        self.data = np.empty(capacity, dtype=np.int32)
+        self.indices = np.empty(capacity, dtype=np.int32)
+        self.indptr = np.zeros(n_rows + 1, dtype=self.index_type)
+        self.row = self.nnz = 0
+
+    def append(self, part: sp.csr_matrix) -> None:
+        end = self.nnz + part.nnz
+        self.data[self.nnz : end] = part.data
+        self.indices[self.nnz : end] = part.indices
+        self.indptr[self.row + 1 : self.row + part.shape[0] + 1] = part.indptr[1:] + self.nnz
+        self.row += part.shape[0]
+        self.nnz = end
+
+    def finish(self) -> sp.csr_matrix:
+        """The matrix built so far (views of the buffers, no copy)."""
+        return sp.csr_matrix(
+            (self.data[: self.nnz], self.indices[: self.nnz], self.indptr[: self.row + 1]),
+            shape=(self.row, self.n_cols),
+        )
 
 
 def _annotations(

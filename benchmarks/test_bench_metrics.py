@@ -1,0 +1,184 @@
+"""Blocked MMD and energy distance against a full-matrix numpy reference.
+
+The reference is the straightforward implementation: float64 pairwise squared
+distances through ``||x||² + ||y||² - 2 x yᵀ`` as full ``n × n`` matrices. Both
+run in the same session on the same data; the speed-up (reference time /
+blocked time) and the peak extra resident memory of each are stored in the
+benchmark's ``extra_info`` and printed. Run with::
+
+    pytest benchmarks -m slow --benchmark-enable -s
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from simcell.evaluation import metrics
+
+N_CELLS, N_DIMS = 10_000, 128
+ROUNDS = 3
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def naive_sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full float64 matrix of squared distances, shape (len(a), len(b))."""
+    sq_dist = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(sq_dist, 0.0)
+
+
+def naive_mmd(x: np.ndarray, y: np.ndarray, bandwidths) -> float:
+    """Unbiased squared MMD, mean of RBF kernels, from full kernel matrices."""
+
+    def kernel_sum(a, b, exclude_diagonal):
+        sq_dist = naive_sq_dist(a, b)
+        if exclude_diagonal:
+            np.fill_diagonal(sq_dist, 0.0)
+        kernel = sum(np.exp(-sq_dist / (2.0 * width**2)) for width in bandwidths)
+        kernel /= len(bandwidths)
+        return kernel.sum() - (np.trace(kernel) if exclude_diagonal else 0.0)
+
+    m, n = len(x), len(y)
+    return (
+        kernel_sum(x, x, True) / (m * (m - 1))
+        + kernel_sum(y, y, True) / (n * (n - 1))
+        - 2.0 * kernel_sum(x, y, False) / (m * n)
+    )
+
+
+def naive_energy(x: np.ndarray, y: np.ndarray) -> float:
+    """Energy distance (V-statistic) from full distance matrices."""
+
+    def mean_distance(a, b):
+        return np.sqrt(naive_sq_dist(a, b)).mean()
+
+    return 2.0 * mean_distance(x, y) - mean_distance(x, x) - mean_distance(y, y)
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_extra_rss(fn: Callable[[], float]) -> tuple[float, int]:
+    """Run ``fn`` while sampling resident memory; return (result, peak bytes above the start)."""
+    baseline = _rss_bytes()
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak, _rss_bytes()) - baseline
+
+
+def compare(benchmark, blocked: Callable[[], float], naive: Callable[[], float], label: str):
+    """Time and measure both implementations; record and print the ratios."""
+    blocked()  # warm-up (thread pools, first-touch allocations)
+    timings: list[float] = []
+
+    def timed() -> float:
+        start = time.perf_counter()
+        result = blocked()
+        timings.append(time.perf_counter() - start)
+        return result
+
+    blocked_value = benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
+    _, blocked_memory = peak_extra_rss(blocked)
+
+    start = time.perf_counter()
+    naive_value, naive_memory = peak_extra_rss(naive)
+    naive_time = time.perf_counter() - start
+
+    blocked_time = min(timings)
+    info = {
+        "n_cells": N_CELLS,
+        "n_dims": N_DIMS,
+        "blocked_seconds": blocked_time,
+        "naive_seconds": naive_time,
+        "speedup": naive_time / blocked_time,
+        "blocked_peak_extra_mib": blocked_memory / 2**20,
+        "naive_peak_extra_mib": naive_memory / 2**20,
+        "memory_ratio": naive_memory / max(blocked_memory, 1),
+    }
+    benchmark.extra_info.update(info)
+    print(
+        f"\n{label}: blocked {blocked_time:.2f} s, naive {naive_time:.2f} s, "
+        f"speed-up {info['speedup']:.1f}x; peak extra memory blocked "
+        f"{info['blocked_peak_extra_mib']:.0f} MiB vs naive {info['naive_peak_extra_mib']:.0f} MiB "
+        f"({info['memory_ratio']:.0f}x)"
+    )
+    assert blocked_value == pytest.approx(naive_value, rel=1e-8, abs=1e-12)
+    return info
+
+
+@pytest.fixture(scope="module")
+def large_samples():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N_CELLS, N_DIMS))
+    y = rng.normal(size=(N_CELLS, N_DIMS)) * 1.1 + 0.05
+    return x, y
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+@pytest.mark.slow
+def test_bench_mmd_blocked_vs_full_matrix(benchmark, large_samples):
+    x, y = large_samples
+    bandwidths = metrics.median_heuristic_bandwidths(np.vstack([x, y]))
+    benchmark.group = "mmd 10k x 10k x 128"
+    info = compare(
+        benchmark,
+        lambda: metrics.mmd(x, y, bandwidths=bandwidths),
+        lambda: naive_mmd(x, y, bandwidths),
+        "mmd",
+    )
+    assert info["blocked_peak_extra_mib"] < 512
+
+
+@pytest.mark.slow
+def test_bench_energy_blocked_vs_full_matrix(benchmark, large_samples):
+    x, y = large_samples
+    benchmark.group = "energy 10k x 10k x 128"
+    info = compare(
+        benchmark,
+        lambda: metrics.energy_distance(x, y),
+        lambda: naive_energy(x, y),
+        "energy",
+    )
+    assert info["blocked_peak_extra_mib"] < 512
+
+
+def test_reference_implementations_agree_on_small_samples():
+    """Sanity check (not slow): the benchmark's references compute the same numbers."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 16))
+    y = rng.normal(size=(250, 16)) + 0.2
+    bandwidths = (1.0, 3.0, 9.0)
+    assert metrics.mmd(x, y, bandwidths=bandwidths, block_size=64) == pytest.approx(
+        naive_mmd(x, y, bandwidths), rel=1e-10
+    )
+    assert metrics.energy_distance(x, y, block_size=64) == pytest.approx(
+        naive_energy(x, y), rel=1e-10
+    )

@@ -1,0 +1,93 @@
+"""``simcell evaluate``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from simcell import SimcellError
+from simcell.cli._errors import user_errors
+from simcell.cli.generate import DATA_ROOT
+
+
+def latest_bundle(root: Path = DATA_ROOT) -> Path:
+    """The bundle most recently written under ``root``."""
+    manifests = sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise SimcellError(f"no bundle under {root}/; run 'simcell generate' or pass BUNDLE")
+    return manifests[-1].parent
+
+
+@click.command()
+@click.argument(
+    "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--models", default=None, help="Comma-separated model names  [default: the default set]"
+)
+@click.option(
+    "--predictions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Score predictions from an h5ad file too.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["fast", "synthetic", "paper", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Model preset; auto = paper on CUDA, fast on CPU.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--tasks", default=None, help="Comma-separated subset of tasks.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report directory  [default: <bundle>-evaluation]",
+)
+def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
+    """Train and score models (and/or predictions) on a bundle's tasks."""
+    from simcell.evaluation import evaluate as run_evaluation
+    from simcell.evaluation import summary_markdown, write_report
+
+    started = time.perf_counter()
+    with user_errors():
+        bundle = bundle or latest_bundle()
+        names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+        if preset == "auto":
+            import torch
+
+            on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+            preset = "paper" if on_gpu else "fast"
+        task_list = [t.strip() for t in tasks.split(",")] if tasks else None
+        results = run_evaluation(
+            bundle,
+            names,
+            predictions,
+            preset=preset,
+            device=device,
+            seed=seed,
+            tasks=task_list,
+            progress=lambda message: click.echo(message, err=True),
+        )
+        out = out or bundle.with_name(bundle.name + "-evaluation")
+        config = {
+            "bundle": str(bundle),
+            "models": names,
+            "predictions": str(predictions or ""),
+            "preset": preset,
+            "device": device,
+            "seed": seed,
+            "tasks": task_list,
+        }
+        title = f"simcell evaluation of {bundle}"
+        write_report(results, config, out, title)
+    click.echo(summary_markdown(results, title))
+    click.echo(f"Evaluated in {time.perf_counter() - started:.0f} s; report written to {out}.")

@@ -1,0 +1,132 @@
+"""Reports of an evaluation: results.csv, summary.md, plots and config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simcell import SimcellError
+
+SUMMARY_METRICS = (
+    ("pca", "mse"),
+    ("genes", "mse"),
+    ("genes", "mse_affected"),
+    ("pca", "rmmd"),
+    ("pca", "gap_closed"),
+)
+PLOT_METRICS = (("pca", "mse"), ("genes", "mse"), ("pca", "mmd"), ("pca", "energy"))
+
+
+def _ordered_models(results: pd.DataFrame) -> list[str]:
+    models = list(dict.fromkeys(results["model"]))
+    reference = [m for m in ("oracle", "identity") if m in models]
+    return reference + [m for m in models if m not in reference]
+
+
+def summary_table(results: pd.DataFrame, space: str, metric: str) -> pd.DataFrame:
+    """Model × task table of a metric: ``mean [ci]`` per task and mean ± sd over tasks."""
+    part = results[(results["space"] == space) & (results["metric"] == metric)]
+    if part.empty:
+        return pd.DataFrame()
+    tasks = list(dict.fromkeys(part["task"]))
+    table = {}
+    for model in _ordered_models(part):
+        rows = part[part["model"] == model].set_index("task")
+        cells = {}
+        for task in tasks:
+            if task not in rows.index:
+                cells[task] = ""
+                continue
+            value, low, high = rows.loc[task, ["value", "ci_low", "ci_high"]]
+            cells[task] = f"{value:.4g}" + ("" if np.isnan(low) else f" [{low:.3g}, {high:.3g}]")
+        values = rows["value"].to_numpy(dtype=float)
+        sd = values.std(ddof=1) if values.size > 1 else 0.0
+        cells["mean ± sd"] = f"{np.nanmean(values):.4g} ± {sd:.2g}"
+        table[model] = cells
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    header = ["model", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, row in table.iterrows():
+        lines.append("| " + " | ".join([str(model), *map(str, row.to_numpy())]) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: pd.DataFrame, title: str) -> str:
+    """The Markdown summary: one table per headline metric."""
+    lines = [f"# {title}", ""]
+    lines.append(
+        "Lower is better except `gap_closed` (1 = as good as the oracle, "
+        "0 = no better than identity) and `knn_accuracy`. "
+        "`oracle` is the Bayes-optimal predictor, `identity` the factual cell."
+    )
+    for space, metric in SUMMARY_METRICS:
+        table = summary_table(results, space, metric)
+        if table.empty:
+            continue
+        lines += ["", f"## {metric} ({space})", "", _markdown_table(table)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_metric(results: pd.DataFrame, space: str, metric: str, path: Path) -> None:
+    """Bars per model and task, with the oracle floor and identity line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    part = results[(results["space"] == space) & (results["metric"] == metric)]
+    tasks = list(dict.fromkeys(part["task"]))
+    models = [m for m in _ordered_models(part) if m not in ("oracle", "identity")]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = part[part["task"] == task].set_index("model")
+        values = [rows.loc[m, "value"] if m in rows.index else np.nan for m in models]
+        ax.bar(range(len(models)), values, color="tab:blue")
+        for name, style in (("oracle", "tab:green"), ("identity", "tab:red")):
+            if name in rows.index:
+                ax.axhline(rows.loc[name, "value"], color=style, ls="--", label=name)
+        ax.set_xticks(range(len(models)), models, rotation=60, ha="right", fontsize=7)
+        ax.set_title(task, fontsize=9)
+    axes[0][0].set_ylabel(f"{metric} ({space})")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    results: pd.DataFrame, config: dict, out_dir: str | os.PathLike, title: str
+) -> Path:
+    """Write results.csv, summary.md, plots/*.png and config.json atomically."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as error:
+        raise SimcellError(f"cannot write to {out_dir.parent}: {error.strerror}") from None
+    try:
+        results.to_csv(staging / "results.csv", index=False)
+        (staging / "summary.md").write_text(summary_markdown(results, title))
+        (staging / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (staging / "plots").mkdir()
+        for space, metric in PLOT_METRICS:
+            if ((results["space"] == space) & (results["metric"] == metric)).any():
+                plot_metric(results, space, metric, staging / "plots" / f"{metric}_{space}.png")
+        if out_dir.exists():
+            if not (out_dir / "results.csv").exists() and any(out_dir.iterdir()):
+                raise SimcellError(f"{out_dir} exists and is not a simcell report; not overwriting")
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,196 @@
+"""The harness: truth scores zero, factual scores as identity, the oracle is a floor."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from simcell import SimcellError, scenarios
+from simcell.cli import main
+from simcell.evaluation import evaluate, read_predictions
+from simcell.simulator import read_bundle, simulate, write_bundle
+
+FAST = {"oracle_samples": 8, "n_boot": 100, "tasks": ["task_0"]}
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    params = scenarios.load("synthetic2", n_cells=1200, n_genes=60, n_tasks=2)
+    path = tmp_path_factory.mktemp("eval") / "bundle"
+    write_bundle(simulate(params, seed=1, scenario="synthetic2"), path)
+    return path
+
+
+def _predictions(bundle, counts, space="counts"):
+    truth = bundle.counterfactual
+    out = ad.AnnData(
+        X=counts,
+        obs=truth.obs[["task", "source_cell"]].copy(),
+        var=pd.DataFrame(index=bundle.factual.var_names.copy()),
+    )
+    out.uns["space"] = space
+    return out
+
+
+def _value(table, model, space, metric):
+    rows = table[(table.model == model) & (table.space == space) & (table.metric == metric)]
+    return rows.set_index("task")["value"]
+
+
+def test_truth_scores_zero_and_factual_reproduces_identity(bundle_path):
+    bundle = read_bundle(bundle_path)
+    truth = _predictions(bundle, bundle.counterfactual.X.toarray())
+    table = evaluate(bundle, models=[], predictions=truth, **FAST)
+    for space in ("pca", "genes"):
+        np.testing.assert_allclose(_value(table, "predictions", space, "mse"), 0, atol=1e-10)
+    sources = bundle.factual.obs_names.get_indexer(bundle.counterfactual.obs["source_cell"])
+    factual = _predictions(bundle, bundle.factual.X[sources].toarray())
+    table = evaluate(bundle, models=[], predictions=factual, **FAST)
+    for space in ("pca", "genes"):
+        for metric in ("mse", "mae", "pearson"):
+            np.testing.assert_allclose(
+                _value(table, "predictions", space, metric),
+                _value(table, "identity", space, metric),
+                rtol=1e-5,
+                atol=1e-8,
+            )
+
+
+def test_oracle_is_a_floor(bundle_path):
+    table = evaluate(bundle_path, models=["mean_shift"], **FAST)
+    for space in ("pca", "genes"):
+        oracle = _value(table, "oracle", space, "mse")
+        assert (oracle <= _value(table, "identity", space, "mse")).all()
+        assert (oracle <= _value(table, "mean_shift", space, "mse")).all()
+    gap = _value(table, "mean_shift", "pca", "gap_closed")
+    assert gap.notna().all()
+    assert set(table.columns) == {
+        "task",
+        "model",
+        "seed",
+        "space",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+    }
+    assert {"mmd", "rmmd", "fid", "energy", "sinkhorn", "knn_accuracy"} <= set(table.metric)
+
+
+def test_oracle_without_change_returns_the_cell():
+    from simcell.evaluation import OracleInputs, oracle_counterfactual
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, (20, 30))
+    inputs = OracleInputs(
+        counts=counts,
+        log_rate_mean=np.full((20, 30), np.log(3.0)),
+        shift=np.zeros((20, 30)),
+        library_size_sd=np.full(20, 0.02),
+        noise_sd=0.05,
+    )
+    out = oracle_counterfactual(inputs, lambda x: x.astype(float), n_samples=4, rng=rng)
+    np.testing.assert_array_equal(out, counts)
+
+
+def test_oracle_beats_plugin_predictors_in_expectation():
+    """On a simulated gene, E[x'|x] has lower MSE than identity and than a rate-only guess."""
+    from simcell.evaluation import OracleInputs, oracle_counterfactual
+    from simcell.simulator import poisson_ppf
+
+    rng = np.random.default_rng(1)
+    n, g = 400, 20
+    m = np.log(rng.uniform(1, 5, (n, g)))
+    shift = np.full((n, g), 0.7)
+    lib = rng.normal(0, 0.03, n)[:, None]
+    eps = rng.normal(0, 0.08, (n, g))
+    delta = rng.random((n, g))
+    x = poisson_ppf(delta, np.exp(m + lib + eps))
+    x_twin = poisson_ppf(delta, np.exp(m + shift + lib + eps))
+    inputs = OracleInputs(
+        counts=x, log_rate_mean=m, shift=shift, library_size_sd=np.full(n, 0.03), noise_sd=0.08
+    )
+    oracle = oracle_counterfactual(inputs, lambda c: c.astype(float), n_samples=64, rng=rng)
+    plugin = np.exp(m + shift + 0.08**2 / 2)  # ignores the cell's own noise
+    scaled = x * np.exp(shift)  # the cell scaled by the fold change
+    err = {
+        name: ((pred - x_twin) ** 2).mean()
+        for name, pred in {
+            "oracle": oracle,
+            "identity": x,
+            "plugin": plugin,
+            "scaled": scaled,
+        }.items()
+    }
+    assert err["oracle"] < min(err["identity"], err["plugin"], err["scaled"]), err
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a[1:].copy(), "missing"),
+        (lambda a: _space(ad.concat([a, a[:1]]), "counts"), "duplicated"),
+        (lambda a: a[:, 1:].copy(), "genes missing"),
+        (lambda a: _set(a, np.nan), "NaN"),
+        (lambda a: _space(a, "tpm"), "space"),
+        (lambda a: _space(a, "lognorm"), "look like counts"),
+    ],
+)
+def test_bad_predictions(bundle_path, mutate, message):
+    bundle = read_bundle(bundle_path)
+    good = _predictions(bundle, bundle.counterfactual.X.toarray().astype(float) * 20)
+    with pytest.raises(SimcellError, match=message):
+        read_predictions(mutate(good), bundle)
+
+
+def _set(adata, value):  # noqa: D103
+    adata = adata.copy()
+    adata.X[0, 0] = value
+    return adata
+
+
+def _space(adata, space):
+    adata = adata.copy()
+    adata.uns["space"] = space
+    return adata
+
+
+def test_cli_evaluate_writes_a_report(bundle_path, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(bundle_path),
+            "--models",
+            "mean_shift",
+            "--tasks",
+            "task_0",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "## mse (pca)" in result.output
+    for name in ("results.csv", "summary.md", "config.json", "plots/mse_pca.png"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "results.csv")
+    assert set(table.model) == {"oracle", "identity", "mean_shift"}
+
+
+def test_cli_evaluate_bad_input(bundle_path, tmp_path):
+    result = CliRunner().invoke(
+        main, ["evaluate", str(bundle_path), "--models", "nope", "-o", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1 and "unknown model" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("not hdf5")
+    result = CliRunner().invoke(
+        main, ["evaluate", str(bundle_path), "--predictions", str(bad), "-o", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1 and "cannot read predictions" in result.output
+    assert not (tmp_path / "r").exists()

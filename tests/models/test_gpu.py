@@ -1,0 +1,34 @@
+"""Every model on CUDA (skipped, with the reason, where no GPU is present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from simcell.models import create_model, list_models
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list_models())
+def test_model_runs_on_cuda_like_on_cpu(name: str, cuda_device: torch.device, toy) -> None:
+    args = (toy.x_intervene, toy.concepts_intervene, toy.target_concepts)
+    predictions = {}
+    for device in ("cpu", cuda_device):
+        model = create_model(name, device=device, seed=0, progress_bar=False).fit(
+            toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds
+        )
+        predictions[str(device)] = model.counterfactual(*args)
+    cpu, gpu = predictions["cpu"], predictions[str(cuda_device)]
+    assert gpu.shape == cpu.shape == toy.x_intervene.shape
+    assert np.all(np.isfinite(gpu))
+    if name in ("identity", "mean_shift"):
+        np.testing.assert_array_equal(gpu, cpu)
+
+
+@pytest.mark.gpu
+def test_auto_device_picks_cuda(cuda_device: torch.device, toy) -> None:
+    model = create_model("sccbgm", device="auto", progress_bar=False, max_epochs=1)
+    model.fit(toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds)
+    assert model.device_.type == "cuda"
+    assert next(model.module_.parameters()).is_cuda
