@@ -9,7 +9,7 @@ import click
 
 from simcell import scenarios as scenario_presets
 from simcell.cli._errors import user_errors
-from simcell.simulator import simulate, write_bundle
+from simcell.simulator import generate_bundle
 
 DATA_ROOT = Path("simcell-data")
 
@@ -59,9 +59,39 @@ DATA_ROOT = Path("simcell-data")
     show_default=True,
     help="Where counts are computed (same result everywhere).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["threads", "dask"]),
+    default="threads",
+    show_default=True,
+    help="Run cell blocks on threads or on Dask (same result).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler address  [default: a local cluster]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(scenario, out, seed, n_cells, n_genes, overrides, chunk_size, threads, device, quiet):
-    """Simulate a scenario and write its dataset bundle."""
+def generate(
+    scenario,
+    out,
+    seed,
+    n_cells,
+    n_genes,
+    overrides,
+    chunk_size,
+    threads,
+    device,
+    engine,
+    scheduler,
+    quiet,
+):
+    """Simulate a scenario and write its dataset bundle.
+
+    Cells are streamed to disk block by block, so memory stays bounded whatever
+    --n-cells is; the counts depend only on the scenario and the seed.
+    """
     started = time.perf_counter()
     with user_errors():
         values = dict(scenario_presets.parse_override(text) for text in overrides)
@@ -77,15 +107,18 @@ def generate(scenario, out, seed, n_cells, n_genes, overrides, chunk_size, threa
             hidden=quiet,
             file=click.get_text_stream("stderr"),
         ) as bar:
-            dataset = simulate(
+            dataset = generate_bundle(
                 params,
                 seed,
+                out,
                 scenario=name,
                 chunk_size=chunk_size,
                 n_threads=threads,
+                device=device,
+                engine=engine,
+                scheduler=scheduler,
                 progress=bar.update,
             )
-        write_bundle(dataset, out)
     elapsed = time.perf_counter() - started
     n_rows = dataset.counterfactuals.n_obs
     click.echo(

@@ -11,6 +11,7 @@ from simcell.simulator.corrupt import CorruptionRecord, corrupt
 from simcell.simulator.dataset import Dataset, simulate
 from simcell.simulator.params import SimulationParams
 from simcell.simulator.poisson import poisson_ppf
+from simcell.simulator.stream import generate_bundle
 from simcell.simulator.tasks import Task, make_tasks
 from simcell.simulator.world import World, draw_world
 
@@ -24,6 +25,7 @@ __all__ = [
     "World",
     "corrupt",
     "draw_world",
+    "generate_bundle",
     "make_tasks",
     "poisson_ppf",
     "read_bundle",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -33,6 +34,7 @@ from simcell.simulator.world import World, draw_world
 DEFAULT_CHUNK = 1024
 
 Progress = Callable[[int], None]
+Engine = Literal["threads", "dask"]
 
 
 def concept_names(n_concepts: int) -> list[str]:
@@ -238,7 +240,7 @@ def _threads(n_threads: int | None) -> int:
 
 def _counterfactual_anndata(
     factual_names: pd.Index,
-    counts: sp.csr_matrix,
+    counts: sp.csr_matrix | None,
     request: CounterfactualRequest,
     task: Sequence[str],
     mode: str,
@@ -269,6 +271,8 @@ def simulate(
     chunk_size: int = DEFAULT_CHUNK,
     n_threads: int | None = None,
     device: str = "cpu",
+    engine: Engine = "threads",
+    scheduler: str | None = None,
     progress: Progress | None = None,
 ) -> Dataset:
     """Simulate a dataset with its tasks and their exact counterfactuals.
@@ -288,12 +292,41 @@ def simulate(
     device : {"cpu", "cuda", "auto"}
         Where log-rates and the inverse CDF are evaluated; the counts are the
         same on every device.
+    engine : {"threads", "dask"}
+        Run chunks on a thread pool or on a Dask cluster (a local one with
+        ``n_threads`` workers unless ``scheduler`` gives an address); the counts
+        are the same on every engine.
+    scheduler : str, optional
+        Address of a running Dask scheduler.
     progress : callable, optional
         Called with the number of cells just finished.
 
     Returns
     -------
     Dataset
+    """
+    dataset, request = prepare(params, seed, scenario)
+    job = count_job(params, dataset.world, dataset.cells, seed, request, device)
+    factual_counts = CSRBuilder(params.n_cells, params.n_genes)
+    counterfactual_counts = CSRBuilder(request.source.size, params.n_genes)
+    chunks = chunk_bounds(params.n_cells, chunk_size)
+    for factual_part, twin_part, n_done in run_chunks(job, chunks, n_threads, engine, scheduler):
+        factual_counts.append(factual_part)
+        counterfactual_counts.append(twin_part)
+        if progress is not None:
+            progress(n_done)
+    dataset.factual.X = factual_counts.finish()
+    dataset.counterfactuals.X = counterfactual_counts.finish()
+    return dataset
+
+
+def prepare(
+    params: SimulationParams, seed: int, scenario: str
+) -> tuple[Dataset, CounterfactualRequest]:
+    """Everything but the counts: world, cells, tasks, annotations and metadata.
+
+    Returns the dataset with ``X`` left empty (``None``) and the counterfactual
+    rows to evaluate, in the bundle's row order.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SimcellError(f"seed must be a non-negative integer, got {seed!r}")
@@ -309,25 +342,10 @@ def simulate(
         concept_kinds=params.kinds,
     )
     request, task_labels = _task_requests(params, world, cells, tasks)
-    job = count_job(params, world, cells, seed, request, device)
-    factual_counts = CSRBuilder(params.n_cells, params.n_genes)
-    counterfactual_counts = CSRBuilder(request.source.size, params.n_genes)
-    chunks = chunk_bounds(params.n_cells, chunk_size)
-    for factual_part, twin_part, n_done in map_chunks(job, chunks, _threads(n_threads)):
-        factual_counts.append(factual_part)
-        counterfactual_counts.append(twin_part)
-        if progress is not None:
-            progress(n_done)
-    factual_counts, counterfactual_counts = factual_counts.finish(), counterfactual_counts.finish()
     annotations, record = _annotations(params, cells, tasks, seed)
-    factual = _factual_anndata(params, world, cells, tasks, factual_counts, annotations)
+    factual = _factual_anndata(params, world, cells, tasks, None, annotations)
     counterfactuals = _counterfactual_anndata(
-        factual.obs_names,
-        counterfactual_counts,
-        request,
-        task_labels,
-        params.intervention_mode,
-        params,
+        factual.obs_names, None, request, task_labels, params.intervention_mode, params
     )
     dataset = Dataset(
         params=params,
@@ -341,7 +359,25 @@ def simulate(
         corruption=record,
     )
     factual.uns["simcell"] = _metadata(dataset)
-    return dataset
+    return dataset, request
+
+
+def run_chunks(
+    job: CountJob,
+    bounds: list[tuple[int, int]],
+    n_threads: int | None,
+    engine: Engine = "threads",
+    scheduler: str | None = None,
+):
+    """Run ``job`` over chunks on an engine, yielding results in chunk order."""
+    if engine == "threads":
+        yield from map_chunks(job, bounds, _threads(n_threads))
+    elif engine == "dask":
+        from simcell.simulator._dask import map_chunks_dask
+
+        yield from map_chunks_dask(job, bounds, n_workers=_threads(n_threads), scheduler=scheduler)
+    else:
+        raise SimcellError(f"engine must be 'threads' or 'dask', got {engine!r}")
 
 
 def _task_requests(
@@ -515,7 +551,7 @@ def _factual_anndata(
     world: World,
     cells: CellStates,
     tasks: list[Task],
-    counts: sp.csr_matrix,
+    counts: sp.csr_matrix | None,
     annotations: pd.DataFrame,
 ) -> ad.AnnData:
     obs_names = pd.Index([f"cell_{i}" for i in range(params.n_cells)], dtype=str)
