@@ -9,7 +9,8 @@ Private to :mod:`simcell.evaluation.metrics`: inputs arrive validated (finite
 * :func:`rbf_tile_sum` and :func:`euclidean_tile_sum` are the two reductions
   it is used with (MMD and energy distance).
 * :func:`frechet_trace_sqrt` is the stable ``tr((Σ1 Σ2)^{1/2})``.
-* :func:`entropic_ot` is the entropic optimal-transport objective through POT.
+* :func:`entropic_ot` is the entropic optimal-transport objective through POT,
+  :func:`symmetric_log_scaling` the warm start that makes its symmetric terms fast.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ TileReduction = Callable[[torch.Tensor], torch.Tensor]
 # Largest number of squarings used to derive one RBF bandwidth from another
 # (error grows like 2**p ulp; 2**6 ulp of float32 is still ~4e-6 relative).
 _MAX_SQUARINGS = 6
-# Stop the averaged Sinkhorn warm start when no potential moves by more than this (units of ε).
+# Stop the symmetric Sinkhorn warm start when the potential moves less than this (units of ε).
 _POTENTIAL_TOL = 1e-10
 
 
@@ -50,9 +51,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise SimcellError(
-            f"device must be 'auto', 'cpu' or 'cuda[:i]'; got {device!r}"
-        ) from error
+        raise SimcellError(f"device must be 'auto', 'cpu' or 'cuda[:i]'; got {device!r}") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SimcellError(f"device={device!r} was requested but CUDA is not available")
     return resolved
@@ -330,7 +329,82 @@ def frechet_trace_sqrt(cov1: np.ndarray, cov2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0.0, None)).sum())
 
 
-def _averaged_log_scalings(
+def squared_distance_matrix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Full matrix of squared Euclidean distances (the OT cost).
+
+    Parameters
+    ----------
+    source : torch.Tensor, shape (n, n_dims)
+    target : torch.Tensor, shape (m, n_dims)
+        Pass ``target = source`` for a within-sample cost, which is then made
+        exactly symmetric with a zero diagonal.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, m)
+    """
+    cost = (
+        (source * source).sum(dim=1)[:, None]
+        + (target * target).sum(dim=1)[None, :]
+        - 2.0 * source @ target.T
+    ).clamp_min_(0.0)
+    if source is target:
+        cost = 0.5 * (cost + cost.T)
+        cost.fill_diagonal_(0.0)
+    return cost
+
+
+def uniform_log_weights(n_points: int, like: torch.Tensor) -> torch.Tensor:
+    """``log(1 / n)`` repeated, shape (n_points,), dtype and device of ``like``."""
+    return torch.full((n_points,), -math.log(n_points), dtype=like.dtype, device=like.device)
+
+
+def symmetric_log_scaling(
+    cost: torch.Tensor, log_weights: torch.Tensor, *, epsilon: float, max_iter: int, tol: float
+) -> torch.Tensor:
+    """Log-scaling of the symmetric problem ``OT_ε(α, α)`` by averaged Sinkhorn updates.
+
+    Alternating Sinkhorn stalls on a symmetric problem (the plan is close to the
+    identity). The averaged fixed point of Feydy et al. (2019),
+    ``f <- ½ (f + softmin_ε(C, log α + f / ε))``, converges in a few dozen
+    steps; its result warm-starts POT's ``sinkhorn_log``, which then only has to
+    confirm convergence.
+
+    Parameters
+    ----------
+    cost : torch.Tensor, shape (n, n)
+        Symmetric cost.
+    log_weights : torch.Tensor, shape (n,)
+    epsilon : float
+    max_iter : int
+    tol : float
+        Stop once the L2 marginal violation is below ``tol`` (POT's criterion)
+        or the potential no longer moves.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+        ``log α + f / ε``: POT's ``u`` (and ``v``) for this problem.
+    """
+    scaled_cost = cost / epsilon
+    weights = log_weights.exp()
+    potential = torch.zeros_like(log_weights)  # f / ε
+    for iteration in range(max_iter):
+        update = 0.5 * (
+            potential - torch.logsumexp((log_weights + potential)[None, :] - scaled_cost, dim=1)
+        )
+        if iteration % 10 == 0:  # checks synchronise a GPU: every 10th step, as POT does
+            scaling = log_weights + update
+            marginal = (scaling[:, None] + scaling[None, :] - scaled_cost).exp().sum(dim=0)
+            violation = torch.linalg.vector_norm(marginal - weights)
+            step = (update - potential).abs().max()
+            if float(violation) < tol or float(step) < _POTENTIAL_TOL:
+                return scaling
+        potential = update
+    return log_weights + potential
+
+
+def entropic_ot(
     cost: torch.Tensor,
     log_source: torch.Tensor,
     log_target: torch.Tensor,
@@ -338,103 +412,36 @@ def _averaged_log_scalings(
     epsilon: float,
     max_iter: int,
     tol: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dual potentials of ``OT_ε`` by averaged (symmetric) Sinkhorn updates.
+    warmstart: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> float:
+    """Entropic OT objective between two weighted point clouds, solved by POT.
 
-    Plain alternating Sinkhorn stalls when the plan is close to a permutation,
-    which is the case for ``OT_ε(α, α)`` and for a prediction close to its
-    target. The averaged updates of Feydy et al. (2019),
-    ``f <- ½ (f + softmin_ε(C, log β + g / ε))`` and the same for ``g``, converge
-    in a few dozen to a few hundred steps; their result warm-starts POT's
-    ``sinkhorn_log``, which then only has to confirm convergence.
+    ``OT_ε(α, β) = min_P <P, C> + ε KL(P | α ⊗ β)`` over couplings ``P`` of the
+    weights, solved by log-domain Sinkhorn (``ot.bregman.sinkhorn_log``, which
+    warns when ``max_iter`` is reached first); ``KL`` uses the exact log-plan
+    ``log u_i - C_ij / ε + log v_j``.
 
     Parameters
     ----------
     cost : torch.Tensor, shape (n, m)
     log_source : torch.Tensor, shape (n,)
-        Log-weights of the source points.
+        Log-weights of the source points (summing to 1 once exponentiated).
     log_target : torch.Tensor, shape (m,)
-    epsilon : float
-    max_iter : int
-    tol : float
-        Stop once the L2 violation of the target marginal is below ``tol`` (the
-        criterion POT's ``sinkhorn_log`` checks) or no potential moves.
-
-    Returns
-    -------
-    (torch.Tensor, torch.Tensor), shapes (n,) and (m,)
-        The log-scalings ``log α + f / ε`` and ``log β + g / ε`` (POT's ``u``, ``v``).
-    """
-    scaled_cost = cost / epsilon
-    target_weights = log_target.exp()
-    f = torch.zeros_like(log_source)  # potentials in units of ε
-    g = torch.zeros_like(log_target)
-    for iteration in range(max_iter):
-        f_next = 0.5 * (f - torch.logsumexp((log_target + g)[None, :] - scaled_cost, dim=1))
-        g_next = 0.5 * (g - torch.logsumexp((log_source + f)[:, None] - scaled_cost, dim=0))
-        if iteration % 10 == 0:  # checks synchronise a GPU: every 10th step, as POT does
-            step = torch.maximum((f_next - f).abs().max(), (g_next - g).abs().max())
-            log_plan = (log_source + f_next)[:, None] + (log_target + g_next)[None, :]
-            marginal = (log_plan - scaled_cost).exp().sum(dim=0)
-            violation = torch.linalg.vector_norm(marginal - target_weights)
-            if float(step) < _POTENTIAL_TOL or float(violation) < tol:
-                return log_source + f_next, log_target + g_next
-        f, g = f_next, g_next
-    return log_source + f, log_target + g
-
-
-def entropic_ot(
-    source: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    epsilon: float,
-    max_iter: int,
-    tol: float,
-) -> float:
-    """Entropic OT between two uniform point clouds, squared Euclidean cost.
-
-    ``OT_ε(α, β) = min_P <P, C> + ε KL(P | α ⊗ β)`` over couplings ``P`` of the
-    uniform weights, solved by log-domain Sinkhorn (``ot.bregman.sinkhorn_log``)
-    warm-started from averaged updates (:func:`_averaged_log_scalings`); ``KL``
-    uses the exact log-plan ``log u_i - C_ij / ε + log v_j``.
-
-    Parameters
-    ----------
-    source : torch.Tensor, shape (n, n_dims)
-    target : torch.Tensor, shape (m, n_dims)
-        float64, same device as ``source``; pass ``target = source`` for ``OT_ε(α, α)``.
     epsilon : float
         Entropic regularisation, same units as the cost.
     max_iter : int
     tol : float
         Tolerance on the L2 marginal violation (POT's ``stopThr``).
+    warmstart : (torch.Tensor, torch.Tensor), optional
+        Initial log-scalings ``(u, v)``, shapes (n,) and (m,).
 
     Returns
     -------
     float
     """
-    same = source is target
-    cost = (
-        (source * source).sum(dim=1)[:, None]
-        + (target * target).sum(dim=1)[None, :]
-        - 2.0 * source @ target.T
-    ).clamp_min_(0.0)
-    if same:
-        cost.fill_diagonal_(0.0)
-        cost = 0.5 * (cost + cost.T)
-    weights_source = torch.full(
-        (source.shape[0],), 1.0 / source.shape[0], dtype=cost.dtype, device=cost.device
-    )
-    weights_target = torch.full(
-        (target.shape[0],), 1.0 / target.shape[0], dtype=cost.dtype, device=cost.device
-    )
-    log_source, log_target = torch.log(weights_source), torch.log(weights_target)
-    warmstart = _averaged_log_scalings(
-        cost, log_source, log_target, epsilon=epsilon, max_iter=max_iter, tol=tol
-    )
     plan, log = ot.bregman.sinkhorn_log(
-        weights_source,
-        weights_target,
+        log_source.exp(),
+        log_target.exp(),
         cost,
         epsilon,
         numItermax=max_iter,

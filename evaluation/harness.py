@@ -249,14 +249,59 @@ def _score(
     return rows
 
 
-def _model_prediction(name, task, x_train, c_train, x_int, c_int, c_target, kinds, config):
+def _fit_model(name, x_train, c_train, kinds, config):
     from simcell.models import create_model
 
     model = create_model(
         name, preset=config.preset, device=config.device, seed=config.seed, progress_bar=False
     )
-    model.fit(x_train, c_train, concept_kinds=kinds)
-    return model.counterfactual(x_int, c_int, c_target)
+    return model.fit(x_train, c_train, concept_kinds=kinds)
+
+
+def _leakage_rows(task, model, seed, leak_inputs, before, after):
+    """Table S7: classifiers trained on train cells, applied before and after the edit."""
+    train_x, train_types, train_concept, types = leak_inputs
+    result = m.concept_leakage(train_x, train_types, train_concept, before, after, types, seed=seed)
+    return [
+        (
+            task,
+            model,
+            seed,
+            "pca",
+            "leakage_cell_type_after",
+            result.cell_type_accuracy_after,
+            np.nan,
+            np.nan,
+        ),
+        (
+            task,
+            model,
+            seed,
+            "pca",
+            "leakage_concept_after",
+            result.concept_rate_after,
+            np.nan,
+            np.nan,
+        ),
+    ]
+
+
+def _representation_rows(task, model_name, seed, model, x, concepts_true, annotated, cell_types):
+    """Disentanglement and identifiability of a model's embedding of the train cells."""
+    if not getattr(model, "has_representation", False):
+        return []
+    embedding = np.asarray(model.encode(x, annotated), dtype=np.float64)
+    values = {
+        "concept_accuracy": m.concept_accuracy(embedding, concepts_true, seed=seed),
+        "concept_f1": m.concept_f1(embedding, concepts_true, seed=seed),
+        "nmi": m.nmi(embedding, cell_types, seed=seed),
+        "ari": m.ari(embedding, cell_types, seed=seed),
+        "linear_r2": m.linear_r2(embedding, concepts_true, seed=seed),
+        "mcc": m.mcc(embedding, concepts_true),
+    }
+    return [
+        (task, model_name, seed, "latent", k, float(v), np.nan, np.nan) for k, v in values.items()
+    ]
 
 
 def evaluate(
@@ -304,6 +349,15 @@ def evaluate(
     -------
     DataFrame
         Columns ``task, model, seed, space, metric, value, ci_low, ci_high``.
+        ``space`` is ``pca`` or ``genes`` for prediction metrics (cell-level
+        ``mse``, ``mae``, ``pearson``, ``r2`` with a bootstrap CI, also on the
+        genes the concept affects as ``*_affected``; ``mmd``, ``energy``,
+        ``fid``, ``sinkhorn`` and the ratios ``rmmd``, ``rfid``, ``rsd``;
+        ``knn_accuracy``; the leakage test of Table S7 as
+        ``leakage_cell_type_after`` / ``leakage_concept_after``; ``gap_closed``),
+        and ``latent`` for a model's embedding of the train cells
+        (``concept_accuracy``, ``concept_f1``, ``nmi``, ``ari`` against cell type,
+        ``linear_r2`` and ``mcc`` against the true concepts).
     """
     if not isinstance(bundle, Bundle):
         bundle = read_bundle(bundle)
@@ -400,28 +454,35 @@ def evaluate(
                 )
             )
 
+        true_train = concepts_true.to_numpy()[data.train]
         score(IDENTITY, x_int, factual_genes)
         say(f"{name}: oracle")
         oracle_genes = oracle_prediction(
             bundle, data, n_samples=oracle_samples, rng=np.random.default_rng([seed, 29])
         )
         score(ORACLE, pre.to_pca(oracle_genes), oracle_genes)
+        config = EvaluationConfig(models=tuple(models), preset=preset, device=device, seed=seed)
+        leak_inputs = (x_train, cell_type[data.train], state[data.train], cell_type[data.intervene])
         for model_name in models:
             say(f"{name}: {model_name}")
-            pcs = _model_prediction(
-                model_name,
-                data,
-                x_train,
-                c_train,
-                x_int,
-                c_int,
-                c_target,
-                kinds,
-                EvaluationConfig(models=tuple(models), preset=preset, device=device, seed=seed),
-            )
+            model = _fit_model(model_name, x_train, c_train, kinds, config)
+            pcs = model.counterfactual(x_int, c_int, c_target)
             if not np.isfinite(pcs).all():
                 raise SimcellError(f"model {model_name} returned NaN or infinite values on {name}")
             score(model_name, pcs, pre.to_genes_keeping(pcs, factual_genes))
+            rows.extend(_leakage_rows(name, model_name, seed, leak_inputs, x_int, pcs))
+            rows.extend(
+                _representation_rows(
+                    name,
+                    model_name,
+                    seed,
+                    model,
+                    x_train,
+                    true_train,
+                    c_train,
+                    cell_type[data.train],
+                )
+            )
         if brought is not None:
             genes = _brought_genes(brought, data, factual, pre)
             score("predictions", pre.to_pca(genes), genes)

@@ -704,13 +704,29 @@ def _sinkhorn_divergence(
     tol: float,
     device: torch.device,
 ) -> float:
-    """``OT_ε(x, y) - ½ OT_ε(x, x) - ½ OT_ε(y, y)`` on validated samples (eq. 55)."""
-    x_t, y_t = _distances.to_centred_tensors(
-        [x_cells, y_cells], dtype=torch.float64, device=device
+    """``OT_ε(x, y) - ½ OT_ε(x, x) - ½ OT_ε(y, y)`` on validated samples (eq. 55).
+
+    The symmetric terms are warm-started from their averaged fixed points, and
+    the cross term from the pair of those (exact when ``x`` and ``y`` coincide).
+    """
+    x_t, y_t = _distances.to_centred_tensors([x_cells, y_cells], dtype=torch.float64, device=device)
+    options = {"epsilon": epsilon, "max_iter": max_iter, "tol": tol}
+    log_x = _distances.uniform_log_weights(x_t.shape[0], x_t)
+    log_y = _distances.uniform_log_weights(y_t.shape[0], y_t)
+    cost_xx = _distances.squared_distance_matrix(x_t, x_t)
+    cost_yy = _distances.squared_distance_matrix(y_t, y_t)
+    scaling_x = _distances.symmetric_log_scaling(cost_xx, log_x, **options)
+    scaling_y = _distances.symmetric_log_scaling(cost_yy, log_y, **options)
+    within_x = _distances.entropic_ot(
+        cost_xx, log_x, log_x, warmstart=(scaling_x, scaling_x), **options
     )
-    cross = _distances.entropic_ot(x_t, y_t, epsilon=epsilon, max_iter=max_iter, tol=tol)
-    within_x = _distances.entropic_ot(x_t, x_t, epsilon=epsilon, max_iter=max_iter, tol=tol)
-    within_y = _distances.entropic_ot(y_t, y_t, epsilon=epsilon, max_iter=max_iter, tol=tol)
+    within_y = _distances.entropic_ot(
+        cost_yy, log_y, log_y, warmstart=(scaling_y, scaling_y), **options
+    )
+    cost_xy = _distances.squared_distance_matrix(x_t, y_t)
+    cross = _distances.entropic_ot(
+        cost_xy, log_x, log_y, warmstart=(scaling_x, scaling_y), **options
+    )
     return cross - 0.5 * (within_x + within_y)
 
 
@@ -723,7 +739,7 @@ def sinkhorn_divergence(
     epsilon_scale: float = 0.05,
     seed: int = 0,
     max_iter: int = 10_000,
-    tol: float = 1e-9,
+    tol: float = 1e-8,
     device: str = "auto",
 ) -> float:
     """Debiased Sinkhorn divergence, squared Euclidean cost (paper eq. 55).
@@ -733,7 +749,10 @@ def sinkhorn_divergence(
     ``C_ij = ||x_i - y_j||²`` (the full entropic objective of Feydy et al., 2019,
     for which ``S_ε >= 0`` and ``S_ε(x, x) = 0``). The three terms are solved by
     POT's log-domain Sinkhorn (``ot.bregman.sinkhorn_log``, float64, torch
-    backend on ``device``) with one and the same ``ε``.
+    backend on ``device``) with one and the same ``ε``. Plain Sinkhorn stalls on
+    the symmetric terms, so those are first brought to convergence by the
+    averaged fixed point of Feydy et al. (2019) and POT is warm-started from it;
+    the cross term is warm-started from the two symmetric solutions.
 
     Parameters
     ----------
@@ -749,8 +768,9 @@ def sinkhorn_divergence(
         Seed of the median subsample.
     max_iter : int, default 10000
         Sinkhorn iterations per term; POT warns when they do not converge.
-    tol : float, default 1e-9
-        Marginal-violation tolerance.
+    tol : float, default 1e-8
+        Tolerance on the L2 violation of the marginal (POT's ``stopThr``); on
+        typical data the divergence is then accurate to about 1e-7 relative.
     device : str, default "auto"
         ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
 
@@ -866,9 +886,7 @@ def rmmd(
     SimcellError
         If the closest reference has MMD ``<= 0`` to the target (ratio undefined).
     """
-    pred_cells, target_cells, reference_cells = _ratio_inputs(
-        pred, target, references, min_cells=2
-    )
+    pred_cells, target_cells, reference_cells = _ratio_inputs(pred, target, references, min_cells=2)
     widths = _resolve_bandwidths(bandwidths, target_cells, seed)
 
     def distance(first: np.ndarray, second: np.ndarray) -> float:
@@ -912,9 +930,7 @@ def rfid(
     SimcellError
         If the closest reference has FID 0 to the target.
     """
-    pred_cells, target_cells, reference_cells = _ratio_inputs(
-        pred, target, references, min_cells=2
-    )
+    pred_cells, target_cells, reference_cells = _ratio_inputs(pred, target, references, min_cells=2)
     return _ratio("rfid", frechet_distance, pred_cells, target_cells, reference_cells)
 
 
@@ -928,7 +944,7 @@ def rsd(
     epsilon_scale: float = 0.05,
     seed: int = 0,
     max_iter: int = 10_000,
-    tol: float = 1e-9,
+    tol: float = 1e-8,
     device: str = "auto",
 ) -> float:
     """Sinkhorn-divergence ratio (paper eq. 54-55).
@@ -956,9 +972,7 @@ def rsd(
     SimcellError
         If the closest reference has divergence ``<= 0`` to the target.
     """
-    pred_cells, target_cells, reference_cells = _ratio_inputs(
-        pred, target, references, min_cells=1
-    )
+    pred_cells, target_cells, reference_cells = _ratio_inputs(pred, target, references, min_cells=1)
     if epsilon is None:
         if target_cells.shape[0] < 2:
             raise SimcellError("target needs at least 2 cells to derive epsilon; pass epsilon")
@@ -1441,9 +1455,9 @@ def bootstrap_ci(
     chunk = max(1, 2**22 // n_values)
     means = np.concatenate(
         [
-            sample[generator.integers(0, n_values, size=(min(chunk, n_boot - start), n_values))].mean(
-                axis=1
-            )
+            sample[
+                generator.integers(0, n_values, size=(min(chunk, n_boot - start), n_values))
+            ].mean(axis=1)
             for start in range(0, int(n_boot), chunk)
         ]
     )

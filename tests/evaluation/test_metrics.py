@@ -389,7 +389,7 @@ def test_distance_of_a_sample_to_itself_is_zero(two_samples, distance):
 @pytest.fixture
 def ratio_populations(rng):
     target = rng.normal(size=(60, 4))
-    pred = target[:30] + rng.normal(scale=0.2, size=(30, 4))
+    pred = rng.normal(size=(40, 4)) + 0.3
     references = [rng.normal(size=(50, 4)) + shift for shift in (1.0, 1.5, 3.0)]
     return pred, target, references
 
