@@ -291,6 +291,11 @@ def _representation_rows(task, model_name, seed, model, x, concepts_true, annota
     if not getattr(model, "has_representation", False):
         return []
     embedding = np.asarray(model.encode(x, annotated), dtype=np.float64)
+    # a constant latent dimension (e.g. a dead ReLU unit) carries no information
+    embedding = embedding[:, embedding.std(axis=0) > 0]
+    if embedding.shape[1] == 0:
+        log.warning("%s %s: the embedding is constant; no latent metrics", task, model_name)
+        return []
     values = {
         "concept_accuracy": m.concept_accuracy(embedding, concepts_true, seed=seed),
         "concept_f1": m.concept_f1(embedding, concepts_true, seed=seed),
