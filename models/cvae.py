@@ -53,6 +53,9 @@ class CVAEConfig(NeuralConfig):
         Dropout probability.
     beta : float
         Weight of the KL term (averaged over latent dimensions).
+    residual_abduction : bool
+        ``False``: decode under the edited concepts. ``True``: also abduct the
+        observation noise, x' = x + D(z, c') − D(z, c).
     """
 
     hidden_dim: int
@@ -60,6 +63,7 @@ class CVAEConfig(NeuralConfig):
     latent_dim: int
     dropout: float = 0.1
     beta: float
+    residual_abduction: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,7 +163,10 @@ class CVAEModule(nn.Module):
     ) -> torch.Tensor:
         """Encode (posterior mean) under ``concepts``, decode under ``target_concepts``."""
         mean, _ = self.posterior(x, concepts)
-        return self.decode(mean, target_concepts)
+        prediction = self.decode(mean, target_concepts)
+        if self.config.residual_abduction:
+            prediction = x + prediction - self.decode(mean, concepts)
+        return prediction
 
 
 class CVAE(ModelBase):

@@ -92,6 +92,11 @@ class SCCBGMConfig(NeuralConfig):
         Width m of each concept embedding in the ``cem`` layer; by default
         ``max(1, n_unknown // n_concepts)`` so that the embeddings together are
         as wide as u.
+    residual_abduction : bool
+        ``False`` (the paper): the counterfactual is the decoder's output under
+        the edited concepts. ``True``: the observation noise is abducted too,
+        x' = x + D(ĉ', u) − D(ĉ, u) — the exact counterfactual of a decoder with
+        additive noise, which keeps what the decoder does not reconstruct.
     """
 
     hidden_dim: int
@@ -106,6 +111,7 @@ class SCCBGMConfig(NeuralConfig):
     decoder: Literal["skip", "direct"] = "skip"
     orthogonality: Literal["cross_covariance", "cosine", "none"] = "cross_covariance"
     cem_embedding_dim: int | None = None
+    residual_abduction: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -357,7 +363,10 @@ class SCCBGMModule(nn.Module):
         """
         concepts_hat, context, unknowns = self.abduct(x)
         edited_concepts = torch.where(edited, target_concepts, concepts_hat)
-        return self.decode(edited_concepts, context, unknowns)
+        prediction = self.decode(edited_concepts, context, unknowns)
+        if self.config.residual_abduction:
+            prediction = x + prediction - self.decode(concepts_hat, context, unknowns)
+        return prediction
 
 
 class SCCBGM(ModelBase):

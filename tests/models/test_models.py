@@ -233,3 +233,22 @@ def test_latent_shift_adds_the_difference_of_mean_latents(fitted_models, toy) ->
     np.testing.assert_allclose(
         model.latent_slopes_[0], latent[on].mean(axis=0) - latent[off].mean(axis=0), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("name", ["sccbgm", "cvae"])
+def test_residual_abduction_keeps_the_cell_and_moves_by_the_decoder_change(toy, name) -> None:
+    plain = create_model(name, device="cpu", seed=0, progress_bar=False, max_epochs=3)
+    residual = create_model(
+        name, device="cpu", seed=0, progress_bar=False, max_epochs=3, residual_abduction=True
+    )
+    for model in (plain, residual):
+        model.fit(toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds)
+    x, concepts = toy.x_intervene, toy.concepts_intervene
+    # no edit: the cell itself comes back (up to float32 rounding)
+    np.testing.assert_allclose(residual.counterfactual(x, concepts, concepts), x, atol=1e-5)
+    # an edit moves the cell by exactly the decoder's change
+    edited = residual.counterfactual(x, concepts, toy.target_concepts)
+    moved = plain.counterfactual(x, concepts, toy.target_concepts) - plain.counterfactual(
+        x, concepts, concepts
+    )
+    np.testing.assert_allclose(edited - x, moved, atol=1e-4)
