@@ -138,9 +138,14 @@ def blocked_pair_sum(
     *,
     block_size: int,
     same: bool,
+    scale: float = 1.0,
     refine_near: float = 0.0,
 ) -> float:
-    """Sum ``reduce_tile`` of squared distances over all pairs ``(a_i, b_j)``, tile by tile.
+    """Sum ``reduce_tile(scale · d²)`` over all pairs ``(a_i, b_j)``, tile by tile.
+
+    Each tile of ``scale · ||a_i - b_j||²`` is one matrix product of the augmented
+    rows ``scale · [-2 a_i, ||a_i||², 1]`` and ``[b_j, 1, ||b_j||²]``, so the
+    expansion ``||a||² + ||b||² - 2 a·b`` costs no extra pass over the tile.
 
     Parameters
     ----------
@@ -149,7 +154,7 @@ def blocked_pair_sum(
         Same dtype and device as ``a``; pass ``b = a`` with ``same=True`` for a
         within-sample sum.
     reduce_tile : callable
-        Maps a tile of squared distances, shape (rows, cols), to a float64
+        Maps a tile of scaled squared distances, shape (rows, cols), to a float64
         scalar tensor; it may overwrite the tile.
     block_size : int
         Tile edge; peak extra memory is a few ``block_size**2`` entries.
@@ -157,50 +162,58 @@ def blocked_pair_sum(
         ``a`` and ``b`` are the same sample: only tiles on or above the
         diagonal are computed (off-diagonal tiles count twice) and the
         squared distance of every point to itself is set to exactly 0.
+    scale : float, default 1
+        Factor applied to every squared distance (e.g. ``-γ`` of an RBF kernel).
     refine_near : float, default 0
-        Pairs with ``d² < refine_near · (||a_i||² + ||b_j||²)``, where the
-        expansion ``||a||² + ||b||² - 2 a·b`` has lost most of its digits to
-        cancellation, are recomputed from their difference ``a_i - b_j``; this
+        With ``scale = 1`` only. Entries below ``refine_near · (max ||a||² + max
+        ||b||²)`` over the tile, where the expansion may have lost most of its
+        digits to cancellation (and may even be negative), are recomputed from
+        the differences ``a_i - b_j``; afterwards every entry is ``>= 0``. This
         matters for ``sqrt(d²)`` (energy distance), not for a kernel that is flat
         at 0. ``0`` disables it.
 
     Returns
     -------
     float
-        ``Σ_i Σ_j reduce(||a_i - b_j||²)`` accumulated in float64.
+        ``Σ_i Σ_j reduce(scale · ||a_i - b_j||²)`` accumulated in float64.
     """
+    if refine_near > 0 and scale != 1.0:
+        raise ValueError("refine_near needs scale = 1")
     a_sq = (a * a).sum(dim=1)
     b_sq = (b * b).sum(dim=1)
+    a_aug = torch.cat(
+        [a * (-2.0 * scale), (a_sq * scale)[:, None], a_sq.new_full((len(a), 1), scale)], 1
+    )
+    b_aug = torch.cat([b, b_sq.new_ones((len(b), 1)), b_sq[:, None]], 1)
+    starts_a = range(0, a.shape[0], block_size)
+    starts_b = range(0, b.shape[0], block_size)
+    if refine_near > 0:
+        a_max = {row: float(a_sq[row : row + block_size].max()) for row in starts_a}
+        b_max = {col: float(b_sq[col : col + block_size].max()) for col in starts_b}
     total = torch.zeros((), dtype=torch.float64, device=a.device)
-    for row in range(0, a.shape[0], block_size):
-        a_rows = a[row : row + block_size]
-        a_rows_sq = a_sq[row : row + block_size, None]
-        for col in range(row if same else 0, b.shape[0], block_size):
-            sq_dist = torch.addmm(a_rows_sq, a_rows, b[col : col + block_size].T, alpha=-2.0)
-            sq_dist.add_(b_sq[None, col : col + block_size]).clamp_min_(0.0)
+    for row in starts_a:
+        a_rows = a_aug[row : row + block_size]
+        for col in starts_b[row // block_size :] if same else starts_b:
+            tile = a_rows @ b_aug[col : col + block_size].T
+            on_diagonal = same and col == row
             if refine_near > 0:
-                _refine_near_pairs(
-                    sq_dist, a_rows, b[col : col + block_size], a_rows_sq, b_sq, col, refine_near
-                )
-            if same and col == row:
-                sq_dist.fill_diagonal_(0.0)
-            tile_sum = reduce_tile(sq_dist)
-            total += 2.0 * tile_sum if same and col != row else tile_sum
+                bound = refine_near * (a_max[row] + b_max[col])
+                if on_diagonal or float(tile.min()) < bound:
+                    _refine_near_pairs(
+                        tile, a[row : row + block_size], b[col : col + block_size], bound
+                    )
+            if on_diagonal:
+                tile.fill_diagonal_(0.0)
+            tile_sum = reduce_tile(tile)
+            total += tile_sum if on_diagonal or not same else 2.0 * tile_sum
     return float(total)
 
 
 def _refine_near_pairs(
-    sq_dist: torch.Tensor,
-    a_rows: torch.Tensor,
-    b_cols: torch.Tensor,
-    a_rows_sq: torch.Tensor,
-    b_sq: torch.Tensor,
-    col: int,
-    threshold: float,
+    sq_dist: torch.Tensor, a_rows: torch.Tensor, b_cols: torch.Tensor, bound: float
 ) -> None:
-    """Recompute, in place, the tile entries the norm expansion got inaccurate."""
-    norms = a_rows_sq + b_sq[None, col : col + b_cols.shape[0]]
-    rows, cols = torch.nonzero(sq_dist < threshold * norms, as_tuple=True)
+    """Recompute, in place, the squared distances below ``bound`` from differences."""
+    rows, cols = torch.nonzero(sq_dist < bound, as_tuple=True)
     if rows.numel():
         difference = a_rows[rows] - b_cols[cols]
         sq_dist[rows, cols] = (difference * difference).sum(dim=1)
@@ -210,8 +223,8 @@ def refine_threshold(dtype: torch.dtype) -> float:
     """Relative threshold below which squared distances are recomputed exactly.
 
     The expansion's absolute error is about ``eps_dtype · (||a||² + ||b||²)``; a
-    pair above the threshold keeps a relative error below ``eps_dtype / threshold``
-    (about 1e-12 in float64, 6e-6 in float32).
+    pair above the threshold keeps a relative error of order ``eps_dtype /
+    threshold`` (about 1e-12 in float64, 1e-5 in float32).
     """
     return 1e-4 if dtype == torch.float64 else 1e-2
 
@@ -230,42 +243,49 @@ def rbf_plan(gammas: Sequence[float]) -> list[tuple[float, int | None]]:
 
     Returns
     -------
-    list of (gamma, squarings)
-        In increasing ``gamma``; ``squarings`` is ``None`` where the kernel needs
-        its own ``exp``, else the number of squarings of the previous kernel.
+    list of (factor, squarings)
+        In increasing ``γ``; ``factor = γ_b / min(γ)`` and ``squarings`` is
+        ``None`` where the kernel needs its own ``exp``, else the number of
+        squarings of the previous kernel.
     """
+    ordered = sorted(gammas)
     plan: list[tuple[float, int | None]] = []
-    previous: float | None = None
-    for gamma in sorted(gammas):
+    for index, gamma in enumerate(ordered):
         squarings: int | None = None
-        if previous is not None:
-            power = math.log2(gamma / previous)
+        if index > 0:
+            power = math.log2(gamma / ordered[index - 1])
             if abs(power - round(power)) < 1e-9 and round(power) <= _MAX_SQUARINGS:
                 squarings = round(power)
-        plan.append((gamma, squarings))
-        previous = gamma
+        plan.append((gamma / ordered[0], squarings))
     return plan
 
 
 def rbf_tile_sum(plan: Sequence[tuple[float, int | None]]) -> TileReduction:
-    """Reduction ``Σ_b Σ_entries exp(-γ_b d²)`` over a tile, following :func:`rbf_plan`.
+    """Reduction ``Σ_b Σ_entries exp(factor_b · t)`` over a tile ``t = -min(γ) d²``.
+
+    Follows :func:`rbf_plan`; the tile is overwritten by the last ``exp``.
 
     Parameters
     ----------
-    plan : sequence of (gamma, squarings)
+    plan : sequence of (factor, squarings)
 
     Returns
     -------
     callable
-        Tile of squared distances, shape (rows, cols) -> float64 scalar tensor.
+        Tile ``-min(γ) · d²``, shape (rows, cols) -> float64 scalar tensor.
     """
+    steps = [
+        (factor, squarings, all(later is not None for _, later in plan[index + 1 :]))
+        for index, (factor, squarings) in enumerate(plan)
+    ]
 
-    def reduce_tile(sq_dist: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64, device=sq_dist.device)
-        kernel = sq_dist
-        for gamma, squarings in plan:
+    def reduce_tile(scaled_sq_dist: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64, device=scaled_sq_dist.device)
+        kernel = scaled_sq_dist
+        for factor, squarings, last_exp in steps:
             if squarings is None:
-                kernel = torch.mul(sq_dist, -gamma).exp_()
+                exponent = scaled_sq_dist if last_exp else scaled_sq_dist.clone()
+                kernel = (exponent if factor == 1.0 else exponent.mul_(factor)).exp_()
             else:
                 for _ in range(squarings):
                     kernel = kernel.square_()
@@ -277,6 +297,9 @@ def rbf_tile_sum(plan: Sequence[tuple[float, int | None]]) -> TileReduction:
 
 def euclidean_tile_sum(sq_dist: torch.Tensor) -> torch.Tensor:
     """Reduction ``Σ_entries sqrt(d²)`` over a tile (overwrites the tile).
+
+    The entries must be ``>= 0`` (``blocked_pair_sum(..., refine_near > 0)``
+    guarantees it).
 
     Parameters
     ----------

@@ -22,3 +22,14 @@ def small_dataset(small_params):
 def causal_dataset():
     params = scenarios.load("causal", n_cells=1500, n_genes=120)
     return simulate(params, seed=3, scenario="causal")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Small tensors: one thread avoids oversubscribing a busy 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -6,6 +6,8 @@ O(n²) formula written here, a closed form, or POT / scikit-learn called directl
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import ot
 import pytest
@@ -61,6 +63,20 @@ def frechet_reference(mu1, cov1, mu2, cov2) -> float:
 def random_spd(rng: np.random.Generator, n_dims: int) -> np.ndarray:
     factor = rng.normal(size=(n_dims, n_dims))
     return factor @ factor.T + 0.1 * np.eye(n_dims)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Run this module's many tiny torch calls on one intra-op thread.
+
+    On a machine whose cores are busy with other processes, every OpenMP
+    parallel region of a tiny tensor op waits milliseconds for its second thread;
+    the results do not depend on the thread count. Restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -183,12 +199,12 @@ def test_mmd_equals_brute_force(two_samples):
     x, y = two_samples
     bandwidths = (0.7, 1.9, 4.0)
     expected = brute_force_mmd(x, y, bandwidths)
-    assert metrics.mmd(x, y, bandwidths=bandwidths, device="cpu") == pytest.approx(
-        expected, rel=1e-10, abs=1e-13
-    )
     assert metrics.mmd(
-        x, y, bandwidths=bandwidths, device="cpu", precision="float32"
-    ) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        x, y, bandwidths=bandwidths, device="cpu", precision="float64"
+    ) == pytest.approx(expected, rel=1e-10, abs=1e-13)
+    assert metrics.mmd(x, y, bandwidths=bandwidths, device="cpu") == pytest.approx(
+        expected, rel=1e-5, abs=1e-8
+    )
 
 
 def test_mmd_default_kernel_is_the_pooled_median_heuristic(two_samples):
@@ -197,7 +213,9 @@ def test_mmd_default_kernel_is_the_pooled_median_heuristic(two_samples):
     bandwidths = metrics.median_heuristic_bandwidths(np.vstack([x, y]))
     np.testing.assert_allclose(bandwidths, [0.5 * median, median, 2 * median], rtol=1e-12)
     expected = brute_force_mmd(x, y, bandwidths)
-    assert metrics.mmd(x, y, device="cpu") == pytest.approx(expected, rel=1e-10)
+    assert metrics.mmd(x, y, device="cpu", precision="float64") == pytest.approx(
+        expected, rel=1e-10
+    )
 
 
 def test_median_heuristic_subsample_is_seeded(rng):
@@ -214,13 +232,15 @@ def test_mmd_of_a_sample_with_itself_matches_the_unbiased_formula(rng):
     kernel = np.exp(-cdist(x, x, "sqeuclidean") / 2)
     k_bar = (kernel.sum() - 40) / (40 * 39)
     assert mean_off_diagonal == pytest.approx(-2 * (1 - k_bar) / 40)
-    assert metrics.mmd(x, x, bandwidths=bandwidths) == pytest.approx(mean_off_diagonal)
+    assert metrics.mmd(x, x, bandwidths=bandwidths, precision="float64") == pytest.approx(
+        mean_off_diagonal, rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("bandwidths", [(0.8, 1.6, 3.2), None])
 def test_mmd_is_unbiased_under_the_null_and_positive_under_a_shift(bandwidths):
     rng = np.random.default_rng(7)
-    n_pairs, n_cells, n_dims = 300, 20, 3
+    n_pairs, n_cells, n_dims = 200, 20, 3
     null = np.array(
         [
             metrics.mmd(
@@ -255,7 +275,7 @@ def test_biased_estimator_would_fail_the_null_test():
     """Guard that the null test can fail: a V-statistic MMD has a positive mean."""
     rng = np.random.default_rng(7)
     values = []
-    for _ in range(300):
+    for _ in range(200):
         x, y = rng.normal(size=(2, 20, 3))
         kernel = lambda a, b: np.exp(-cdist(a, b, "sqeuclidean") / (2 * 1.6**2))  # noqa: E731
         values.append(kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean())
@@ -264,15 +284,17 @@ def test_biased_estimator_would_fail_the_null_test():
 
 
 @pytest.mark.parametrize("block_size", [1, 7, 64, 100_000])
-def test_mmd_and_energy_do_not_depend_on_block_size(two_samples, block_size):
+@pytest.mark.parametrize(("precision", "rel"), [("float64", 1e-11), ("float32", 1e-6)])
+def test_mmd_and_energy_do_not_depend_on_block_size(two_samples, block_size, precision, rel):
     x, y = two_samples
-    reference_mmd = metrics.mmd(x, y, block_size=32, device="cpu")
-    reference_energy = metrics.energy_distance(x, y, block_size=32, device="cpu")
-    assert metrics.mmd(x, y, block_size=block_size, device="cpu") == pytest.approx(
-        reference_mmd, rel=1e-11
+    options = {"device": "cpu", "precision": precision}
+    reference_mmd = metrics.mmd(x, y, block_size=32, **options)
+    reference_energy = metrics.energy_distance(x, y, block_size=32, **options)
+    assert metrics.mmd(x, y, block_size=block_size, **options) == pytest.approx(
+        reference_mmd, rel=rel
     )
-    assert metrics.energy_distance(x, y, block_size=block_size, device="cpu") == pytest.approx(
-        reference_energy, rel=1e-11
+    assert metrics.energy_distance(x, y, block_size=block_size, **options) == pytest.approx(
+        reference_energy, rel=rel
     )
 
 
@@ -280,7 +302,7 @@ def test_rbf_plan_squares_only_exact_powers_of_two():
     from simcell.evaluation import _distances
 
     plan = _distances.rbf_plan([2.0, 0.125, 0.5, 0.3])
-    assert plan == [(0.125, None), (0.3, None), (0.5, None), (2.0, 2)]
+    assert plan == [(1.0, None), (pytest.approx(2.4), None), (4.0, None), (16.0, 2)]
     assert _distances.rbf_plan([1.0, 4.0, 16.0]) == [(1.0, None), (4.0, 2), (16.0, 2)]
 
 
@@ -290,10 +312,19 @@ def test_rbf_plan_squares_only_exact_powers_of_two():
 def test_energy_distance_equals_brute_force(two_samples):
     x, y = two_samples
     expected = brute_force_energy(x, y)
-    assert metrics.energy_distance(x, y, device="cpu") == pytest.approx(expected, rel=1e-11)
-    assert metrics.energy_distance(x, y, device="cpu", precision="float32") == pytest.approx(
-        expected, rel=1e-4
+    assert metrics.energy_distance(x, y, device="cpu", precision="float64") == pytest.approx(
+        expected, rel=1e-11
     )
+    assert metrics.energy_distance(x, y, device="cpu") == pytest.approx(expected, rel=1e-5)
+
+
+def test_energy_distance_recomputes_near_pairs_exactly(rng):
+    """Near-duplicate cells far from the centre: the norm expansion alone would cancel."""
+    x = rng.normal(size=(50, 3)) + 1e3
+    y = x + 1e-4 * rng.normal(size=x.shape)
+    expected = brute_force_energy(x, y)
+    assert metrics.energy_distance(x, y, precision="float64") == pytest.approx(expected, rel=1e-6)
+    assert metrics.energy_distance(x, y) == pytest.approx(expected, rel=1e-3)
 
 
 def test_energy_distance_is_not_squared(rng):
@@ -374,7 +405,11 @@ def test_sinkhorn_default_epsilon_is_one_pooled_median_scale(rng):
 
 @pytest.mark.parametrize(
     "distance",
-    [metrics.frechet_distance, metrics.sinkhorn_divergence, metrics.energy_distance],
+    [
+        metrics.frechet_distance,
+        functools.partial(metrics.sinkhorn_divergence, epsilon_scale=0.5),
+        metrics.energy_distance,
+    ],
     ids=["fid", "sinkhorn", "energy"],
 )
 def test_distance_of_a_sample_to_itself_is_zero(two_samples, distance):
@@ -399,9 +434,9 @@ def test_rmmd_is_the_ratio_to_the_closest_reference(ratio_populations):
     bandwidths = np.median(pdist(target)) * np.array([0.5, 1.0, 2.0])
     numerator = brute_force_mmd(pred, target, bandwidths)
     denominator = min(brute_force_mmd(ref, target, bandwidths) for ref in references)
-    assert metrics.rmmd(pred, target, references, device="cpu") == pytest.approx(
-        numerator / denominator, rel=1e-9
-    )
+    assert metrics.rmmd(
+        pred, target, references, device="cpu", precision="float64"
+    ) == pytest.approx(numerator / denominator, rel=1e-9)
     assert metrics.rmmd(pred, target, references) < 1
 
 
@@ -414,14 +449,13 @@ def test_rfid_of_translated_populations_is_a_ratio_of_squared_shifts(rng):
 
 def test_rsd_uses_one_epsilon_from_the_target(ratio_populations):
     pred, target, references = ratio_populations
-    epsilon = 0.05 * np.median(pdist(target, "sqeuclidean"))
+    epsilon = 0.5 * np.median(pdist(target, "sqeuclidean"))
     numerator = metrics.sinkhorn_divergence(pred, target, epsilon=epsilon)
     denominator = min(
         metrics.sinkhorn_divergence(ref, target, epsilon=epsilon) for ref in references
     )
-    assert metrics.rsd(pred, target, references, device="cpu") == pytest.approx(
-        numerator / denominator, rel=1e-9
-    )
+    rsd = metrics.rsd(pred, target, references, epsilon_scale=0.5, device="cpu")
+    assert rsd == pytest.approx(numerator / denominator, rel=1e-9)
 
 
 def test_ratio_is_undefined_when_a_reference_matches_the_target(ratio_populations):
@@ -582,6 +616,17 @@ def test_non_finite_values_raise(rng, name, bad):
         metrics.get_metric(name).fn(x, y)
 
 
+def test_frechet_from_moments_rejects_invalid_covariances():
+    with pytest.raises(SimcellError, match="not positive semi-definite"):
+        metrics.frechet_from_moments(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(SimcellError, match="not symmetric"):
+        metrics.frechet_from_moments(
+            np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2)
+        )
+    with pytest.raises(SimcellError, match="same n_dims"):
+        metrics.frechet_from_moments(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
 def test_non_finite_moments_and_labels_raise(rng):
     with pytest.raises(SimcellError, match="NaN or infinite"):
         metrics.frechet_from_moments(np.array([np.nan]), np.eye(1), np.zeros(1), np.eye(1))
@@ -601,7 +646,9 @@ def test_non_finite_moments_and_labels_raise(rng):
 def test_cuda_matches_cpu(two_samples):
     x, y = two_samples
     for fn in (metrics.mmd, metrics.energy_distance):
-        assert fn(x, y, device="cuda") == pytest.approx(fn(x, y, device="cpu"), rel=1e-9)
+        for precision, rel in (("float64", 1e-9), ("float32", 1e-5)):
+            on_gpu = fn(x, y, device="cuda", precision=precision)
+            assert on_gpu == pytest.approx(fn(x, y, device="cpu", precision=precision), rel=rel)
     assert metrics.sinkhorn_divergence(x, y, device="cuda") == pytest.approx(
         metrics.sinkhorn_divergence(x, y, device="cpu"), rel=1e-7
     )
