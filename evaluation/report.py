@@ -94,6 +94,9 @@ def plot_metric(results: pd.DataFrame, space: str, metric: str, path: Path) -> N
         for name, style in (("oracle", "tab:green"), ("identity", "tab:red")):
             if name in rows.index:
                 ax.axhline(rows.loc[name, "value"], color=style, ls="--", label=name)
+        shown = np.asarray([v for v in [*values, *rows["value"]] if np.isfinite(v)])
+        if shown.size and (shown > 0).all() and shown.max() > 20 * shown.min():
+            ax.set_yscale("log")  # the oracle floor stays visible next to large errors
         ax.set_xticks(range(len(models)), models, rotation=60, ha="right", fontsize=7)
         ax.set_title(task, fontsize=9)
     axes[0][0].set_ylabel(f"{metric} ({space})")
