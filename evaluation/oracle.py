@@ -28,12 +28,21 @@ true descendants' values, which makes this a floor no method can beat).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import special
 
-from simcell.simulator import poisson_ppf
+from simcell.simulator.poisson import (
+    _SEQUENTIAL_MAX_RATE,
+    _UNCERTAIN,
+    _ppf_scalar,
+    settle_uncertain,
+)
+
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 _GRID = np.linspace(-5.0, 5.0, 41)
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(16)
@@ -78,6 +87,86 @@ def _library_size_draws(inputs: OracleInputs, n_samples: int, rng: np.random.Gen
     return np.take_along_axis(grid[None, :, :].repeat(n_samples, 0), index[:, :, None], 2)[..., 0]
 
 
+@numba.njit(nogil=True, cache=True)
+def _posterior_twin_kernel(
+    counts, log_rate, shift, nodes, log_weights, u_pick, u_delta, rates, deltas, out
+):  # pragma: no cover - compiled
+    n_nodes = nodes.size
+    weights = np.empty(max(n_nodes, 1))
+    for i in range(counts.size):
+        value = log_rate[i]
+        if n_nodes > 0:  # ε | x, l from its quadrature posterior
+            top = -np.inf
+            for h in range(n_nodes):
+                weights[h] = log_weights[h] + counts[i] * nodes[h] - math.exp(value + nodes[h])
+                top = max(top, weights[h])
+            total = 0.0
+            for h in range(n_nodes):
+                weights[h] = math.exp(weights[h] - top)
+                total += weights[h]
+            target, running, pick = u_pick[i] * total, 0.0, n_nodes - 1
+            for h in range(n_nodes):
+                running += weights[h]
+                if running > target:
+                    pick = h
+                    break
+            value += nodes[pick]
+        rate = math.exp(value)
+        rates[i] = rate * math.exp(shift[i])
+        if rate > _SEQUENTIAL_MAX_RATE:
+            deltas[i] = np.nan  # interval computed with pdtr outside
+            out[i] = _UNCERTAIN
+            continue
+        pmf = math.exp(-rate)
+        cdf, below = pmf, 0.0
+        for k in range(1, counts[i] + 1):  # F(x - 1) and F(x) by the pmf recursion
+            pmf *= rate / k
+            below = cdf
+            cdf += pmf
+        delta = min(below + u_delta[i] * (cdf - below), _BELOW_ONE)
+        deltas[i] = delta
+        out[i] = _ppf_scalar(delta, rates[i])
+
+
+def _sample_twins(
+    counts: np.ndarray,
+    log_rate: np.ndarray,
+    shift: np.ndarray,
+    sigma: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One posterior draw of x' for each (cell, gene) entry (steps 2-4 above)."""
+    if sigma > 0:
+        nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES
+        log_weights = np.log(_HERMITE_WEIGHTS)
+    else:
+        nodes = log_weights = np.zeros(0)
+    u_pick, u_delta = rng.random(counts.size), rng.random(counts.size)
+    rates, deltas = np.empty(counts.size), np.empty(counts.size)
+    out = np.empty(counts.size, dtype=np.int64)
+    _posterior_twin_kernel(
+        counts.astype(np.int64),
+        log_rate,
+        shift,
+        nodes,
+        log_weights,
+        u_pick,
+        u_delta,
+        rates,
+        deltas,
+        out,
+    )
+    large = np.flatnonzero(np.isnan(deltas))
+    if large.size:  # rates above the sequential range: the interval from pdtr
+        rate = rates[large] / np.exp(shift[large])
+        x = counts[large]
+        below = np.where(x > 0, special.pdtr(np.maximum(x - 1, 0), rate), 0.0)
+        at = special.pdtr(x, rate)
+        deltas[large] = np.minimum(below + u_delta[large] * (at - below), _BELOW_ONE)
+    settle_uncertain(deltas, rates, out)
+    return out
+
+
 def oracle_counterfactual(
     inputs: OracleInputs,
     transform,
@@ -119,25 +208,9 @@ def oracle_counterfactual(
         total = None
         for s in range(n_samples):
             log_rate = mc + library[s, rows][changed_rows]
-            if sigma > 0:
-                nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES  # (H,)
-                log_w = (
-                    np.log(_HERMITE_WEIGHTS)[None, :]
-                    + xc[:, None] * nodes[None, :]
-                    - np.exp(log_rate[:, None] + nodes[None, :])
-                )
-                log_w -= log_w.max(axis=1, keepdims=True)
-                cdf = np.cumsum(np.exp(log_w), axis=1)
-                pick = (rng.random(xc.size)[:, None] * cdf[:, -1:] > cdf).sum(axis=1)
-                log_rate = log_rate + nodes[np.minimum(pick, nodes.size - 1)]
-            rate = np.exp(log_rate)
-            below = np.where(xc > 0, special.pdtr(np.maximum(xc - 1, 0), rate), 0.0)
-            at = special.pdtr(xc, rate)
-            delta = below + rng.random(xc.size) * (at - below)
-            delta = np.clip(delta, 0.0, np.nextafter(1.0, 0.0))
             twin = x.copy()
-            twin[changed_rows, changed_genes] = poisson_ppf(
-                delta, rate * np.exp(shift[changed_rows, changed_genes])
+            twin[changed_rows, changed_genes] = _sample_twins(
+                xc, log_rate, shift[changed_rows, changed_genes], sigma, rng
             )
             value = transform(twin)
             total = value if total is None else total + value
