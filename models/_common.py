@@ -13,7 +13,7 @@ from torch import nn
 from simcell import SimcellError
 
 from ._config import ModelConfig
-from ._trainer import resolve_device, save_checkpoint
+from ._trainer import Trainer, resolve_device, save_checkpoint
 from .base import ConceptKind, CounterfactualModel
 
 CHECKPOINT_FORMAT = "simcell.models/1"
@@ -84,6 +84,25 @@ class ModelBase(CounterfactualModel):
         self.n_dims_ = int(n_dims)
         self.n_concepts_ = len(kinds)
         self.concept_kinds_ = tuple(kinds)
+
+    def _train_module(self, x: np.ndarray, concepts: np.ndarray) -> None:
+        """Build the module (``_build``) and train it with the shared trainer.
+
+        Sets ``module_``, ``device_`` and ``history_``; ``x`` and ``concepts`` are
+        the checked training arrays (``concepts`` may have zero columns).
+        """
+        self.module_ = self._build()
+        trainer = Trainer.from_config(
+            self.config,
+            device=self.device,
+            seed=self.seed,
+            progress_bar=self.progress_bar,
+            description=self.name,
+        )
+        self.device_ = trainer.device
+        self.history_ = trainer.fit(
+            self.module_, {"x": to_tensor(x), "concepts": to_tensor(concepts)}
+        )
 
     def _resolved_device(self) -> torch.device:
         return resolve_device(self.device)

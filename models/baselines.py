@@ -27,10 +27,10 @@ import torch
 
 from simcell import SimcellWarning
 
-from ._common import ModelBase, map_batches, state_dict_cpu, to_tensor
+from ._common import ModelBase, map_batches, state_dict_cpu
 from ._concepts import check_counterfactual_inputs, check_fit_inputs, edited_mask
 from ._config import ModelConfig
-from ._trainer import Trainer, build_module
+from ._trainer import build_module
 from .base import ConceptKind
 from .cvae import CVAE_PRESETS, CVAEConfig, CVAEModule
 
@@ -249,19 +249,7 @@ class LatentShift(ModelBase):
         """Train the VAE, then estimate the latent effect of each concept."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
         self._set_dims(x.shape[1], kinds)
-        self.module_ = self._build()
-        trainer = Trainer.from_config(
-            self.config,
-            device=self.device,
-            seed=self.seed,
-            progress_bar=self.progress_bar,
-            description=self.name,
-        )
-        self.device_ = trainer.device
-        no_concepts = np.zeros((len(x), 0), dtype=np.float32)
-        self.history_ = trainer.fit(
-            self.module_, {"x": to_tensor(x), "concepts": to_tensor(no_concepts)}
-        )
+        self._train_module(x, np.zeros((len(x), 0), dtype=np.float32))
         self.latent_slopes_, self.concept_means_ = concept_slopes(
             self._latent(x), concepts, model_name=self.name
         )

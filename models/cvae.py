@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import ModelBase, map_batches, state_dict_cpu, to_tensor
+from ._common import ModelBase, map_batches, state_dict_cpu
 from ._concepts import (
     check_counterfactual_inputs,
     check_fit_inputs,
@@ -31,7 +31,7 @@ from ._concepts import (
 )
 from ._config import NeuralConfig, check_fraction, check_non_negative, check_positive
 from ._nn import GaussianEncoder, ResidualMLP, gaussian_kl, reparameterize
-from ._trainer import Trainer, build_module
+from ._trainer import build_module
 from .base import ConceptKind
 
 __all__ = ["CVAE", "CVAEConfig", "CVAEModule", "CVAE_PRESETS"]
@@ -202,18 +202,7 @@ class CVAE(ModelBase):
         """Train on cells (see :meth:`CounterfactualModel.fit`)."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
         self._set_dims(x.shape[1], kinds)
-        self.module_ = self._build()
-        trainer = Trainer.from_config(
-            self.config,
-            device=self.device,
-            seed=self.seed,
-            progress_bar=self.progress_bar,
-            description=self.name,
-        )
-        self.device_ = trainer.device
-        self.history_ = trainer.fit(
-            self.module_, {"x": to_tensor(x), "concepts": to_tensor(concepts)}
-        )
+        self._train_module(x, concepts)
         return self
 
     def counterfactual(

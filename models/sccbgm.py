@@ -38,7 +38,7 @@ from torch import nn
 
 from simcell import SimcellError
 
-from ._common import ModelBase, map_batches, state_dict_cpu, to_tensor
+from ._common import ModelBase, map_batches, state_dict_cpu
 from ._concepts import (
     ORTHOGONALITY_PENALTIES,
     check_counterfactual_inputs,
@@ -49,7 +49,7 @@ from ._concepts import (
 )
 from ._config import NeuralConfig, check_fraction, check_non_negative, check_positive
 from ._nn import GaussianEncoder, ResidualMLP, gaussian_kl, reparameterize
-from ._trainer import Trainer, build_module
+from ._trainer import build_module
 from .base import ConceptKind
 
 __all__ = ["CBGM", "CBGM_PRESETS", "SCCBGM", "SCCBGMConfig", "SCCBGMModule", "SCCBGM_PRESETS"]
@@ -409,18 +409,7 @@ class SCCBGM(ModelBase):
         """Train on cells (see :meth:`CounterfactualModel.fit`); missing concepts are masked."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
         self._set_dims(x.shape[1], kinds)
-        self.module_ = self._build()
-        trainer = Trainer.from_config(
-            self.config,
-            device=self.device,
-            seed=self.seed,
-            progress_bar=self.progress_bar,
-            description=self.name,
-        )
-        self.device_ = trainer.device
-        self.history_ = trainer.fit(
-            self.module_, {"x": to_tensor(x), "concepts": to_tensor(concepts)}
-        )
+        self._train_module(x, concepts)
         return self
 
     def counterfactual(
