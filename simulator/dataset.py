@@ -309,12 +309,15 @@ def simulate(
     job = count_job(params, dataset.world, dataset.cells, seed, request, device)
     factual_counts = CSRBuilder(params.n_cells, params.n_genes)
     counterfactual_counts = CSRBuilder(request.source.size, params.n_genes)
-    chunks = chunk_bounds(params.n_cells, chunk_size)
-    for factual_part, twin_part, n_done in run_chunks(job, chunks, n_threads, engine, scheduler):
-        factual_counts.append(factual_part)
-        counterfactual_counts.append(twin_part)
-        if progress is not None:
-            progress(n_done)
+    count_pass(
+        job,
+        chunk_bounds(params.n_cells, chunk_size),
+        (factual_counts, counterfactual_counts),
+        n_threads=n_threads,
+        engine=engine,
+        scheduler=scheduler,
+        progress=progress,
+    )
     dataset.factual.X = factual_counts.finish()
     dataset.counterfactuals.X = counterfactual_counts.finish()
     return dataset
@@ -360,6 +363,26 @@ def prepare(
     )
     factual.uns["simcell"] = _metadata(dataset)
     return dataset, request
+
+
+def count_pass(
+    job: CountJob,
+    bounds: list[tuple[int, int]],
+    sinks: tuple,
+    *,
+    n_threads: int | None,
+    engine: Engine,
+    scheduler: str | None,
+    progress: Progress | None,
+) -> None:
+    """Run the count job over every chunk, in order, appending factual rows to
+    ``sinks[0]`` and twins to ``sinks[1]`` (in memory or on disk)."""
+    factual_sink, twin_sink = sinks
+    for factual_part, twin_part, n_done in run_chunks(job, bounds, n_threads, engine, scheduler):
+        factual_sink.append(factual_part)
+        twin_sink.append(twin_part)
+        if progress is not None:
+            progress(n_done)
 
 
 def run_chunks(

@@ -36,8 +36,8 @@ from simcell.simulator.dataset import (
     Engine,
     Progress,
     count_job,
+    count_pass,
     prepare,
-    run_chunks,
 )
 from simcell.simulator.params import SimulationParams
 
@@ -111,17 +111,20 @@ def generate_bundle(
         dataset.factual.write_h5ad(factual_path)
         dataset.counterfactuals.write_h5ad(twin_path)
         job = count_job(params, dataset.world, dataset.cells, dataset.seed, request, device)
-        bounds = chunk_bounds(params.n_cells, chunk_size)
         with h5py.File(factual_path, "r+") as factual, h5py.File(twin_path, "r+") as twins:
-            factual_x = _CSRAppender(factual, params.n_cells, params.n_genes)
-            twin_x = _CSRAppender(twins, request.source.size, params.n_genes)
-            for factual_part, twin_part, n_done in run_chunks(
-                job, bounds, n_threads, engine, scheduler
-            ):
-                factual_x.append(factual_part)
-                twin_x.append(twin_part)
-                if progress is not None:
-                    progress(n_done)
+            sinks = (
+                _CSRAppender(factual, params.n_cells, params.n_genes),
+                _CSRAppender(twins, request.source.size, params.n_genes),
+            )
+            count_pass(
+                job,
+                chunk_bounds(params.n_cells, chunk_size),
+                sinks,
+                n_threads=n_threads,
+                engine=engine,
+                scheduler=scheduler,
+                progress=progress,
+            )
         manifest = manifest_for(dataset, staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         publish(staging, out_dir)
