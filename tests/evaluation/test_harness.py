@@ -194,3 +194,15 @@ def test_cli_evaluate_bad_input(bundle_path, tmp_path):
     )
     assert result.exit_code == 1 and "cannot read predictions" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_evaluate_defaults_to_the_latest_bundle(bundle_path, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", "--models", "mean_shift"])
+    assert result.exit_code == 1 and "no bundle under simcell-data" in result.output
+    shutil.copytree(bundle_path, tmp_path / "simcell-data" / "mine")
+    result = CliRunner().invoke(main, ["evaluate", "--models", "mean_shift", "--tasks", "task_0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "simcell-data" / "mine-evaluation" / "results.csv").is_file()
