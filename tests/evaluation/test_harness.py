@@ -206,3 +206,12 @@ def test_cli_evaluate_defaults_to_the_latest_bundle(bundle_path, tmp_path, monke
     result = CliRunner().invoke(main, ["evaluate", "--models", "mean_shift", "--tasks", "task_0"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "simcell-data" / "mine-evaluation" / "results.csv").is_file()
+
+
+def test_every_registered_model_runs_through_the_harness(bundle_path):
+    from simcell.models import list_models
+
+    table = evaluate(bundle_path, models=list(list_models()), **FAST)
+    mse = table[(table.metric == "mse") & (table.space == "pca")].set_index("model")["value"]
+    assert set(list_models()) | {"oracle"} <= set(mse.index)
+    assert np.isfinite(mse.to_numpy()).all()
