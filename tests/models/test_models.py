@@ -115,8 +115,10 @@ def test_sccbgm_beats_identity(fitted_models, toy) -> None:
     assert mse(prediction, toy.x_truth) < 0.75 * mse(toy.x_intervene, toy.x_truth)
 
 
-def test_sccbgm_keeps_its_own_predictions_for_unedited_concepts(fitted_models, toy) -> None:
-    model = fitted_models["sccbgm"]
+def test_sccbgm_joint_training_keeps_its_own_predictions_for_unedited_concepts(toy) -> None:
+    model = create_model(
+        "sccbgm", device="cpu", seed=0, progress_bar=False, decoder_concepts="predicted"
+    ).fit(toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds)
     x, concepts, target = toy.x_intervene, toy.concepts_intervene, toy.target_concepts
     reference = model.counterfactual(x, concepts, target)
     # the annotation of an unedited concept does not enter the prediction
@@ -124,12 +126,53 @@ def test_sccbgm_keeps_its_own_predictions_for_unedited_concepts(fitted_models, t
     flipped_concepts[:, 1] = 1 - concepts[:, 1]
     flipped_target[:, 1] = flipped_concepts[:, 1]
     assert np.array_equal(model.counterfactual(x, flipped_concepts, flipped_target), reference)
-    # no edit at all: the model's reconstruction, whatever the annotations say
+    # no edit at all: the same prediction, whatever the annotations say
     unchanged = model.counterfactual(x, concepts, concepts)
     assert np.array_equal(unchanged, model.counterfactual(x, flipped_concepts, flipped_concepts))
     assert np.array_equal(
         unchanged, model.counterfactual(x, concepts, np.full_like(concepts, np.nan))
     )
+
+
+def test_sccbgm_decoder_sees_the_annotations_and_fills_missing_ones_with_its_predictions(
+    fitted_models, toy
+) -> None:
+    model = fitted_models["sccbgm"]
+    assert model.config.decoder_concepts == "annotated"
+    x, concepts = toy.x_intervene, toy.concepts_intervene.copy()
+    concepts[::2, 1] = np.nan
+    unknowns, seen = model.decoder_parts(x, concepts)
+    same_unknowns, predicted = model.encode_parts(x)
+    assert np.array_equal(unknowns, same_unknowns)
+    observed = ~np.isnan(concepts)
+    assert np.array_equal(seen[observed], concepts[observed])
+    assert np.array_equal(seen[~observed], predicted[~observed])
+    # an unedited concept enters as its annotation: flipping it moves the prediction
+    target = toy.target_concepts
+    flipped, flipped_target = toy.concepts_intervene.copy(), target.copy()
+    flipped[:, 1] = flipped_target[:, 1] = 1 - flipped[:, 1]
+    assert not np.array_equal(
+        model.counterfactual(x, flipped, flipped_target),
+        model.counterfactual(x, toy.concepts_intervene, target),
+    )
+
+
+def test_sccbgm_edit_moves_cells_by_the_true_effect(fitted_models, toy) -> None:
+    """Trained on hard annotations, an edit 0 -> 1 shifts cells by about s_0.
+
+    (Trained on its own soft ĉ, ``decoder_concepts="predicted"``, the same model
+    moves them by only 0.56 s_0 here.)
+    """
+    shift = (
+        fitted_models["sccbgm"].counterfactual(
+            toy.x_intervene, toy.concepts_intervene, toy.target_concepts
+        )
+        - toy.x_intervene
+    ).mean(axis=0)
+    effect = toy.concept_effects[0]
+    cosine = shift @ effect / (np.linalg.norm(shift) * np.linalg.norm(effect))
+    assert cosine > 0.75
+    assert 0.75 < np.linalg.norm(shift) / np.linalg.norm(effect) < 1.25
 
 
 def test_sccbgm_with_half_the_annotations_missing_still_edits(toy) -> None:
@@ -237,7 +280,9 @@ def test_latent_shift_adds_the_difference_of_mean_latents(fitted_models, toy) ->
 
 @pytest.mark.parametrize("name", ["sccbgm", "cvae"])
 def test_residual_abduction_keeps_the_cell_and_moves_by_the_decoder_change(toy, name) -> None:
-    plain = create_model(name, device="cpu", seed=0, progress_bar=False, max_epochs=3)
+    plain = create_model(
+        name, device="cpu", seed=0, progress_bar=False, max_epochs=3, residual_abduction=False
+    )
     residual = create_model(
         name, device="cpu", seed=0, progress_bar=False, max_epochs=3, residual_abduction=True
     )

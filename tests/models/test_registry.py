@@ -150,6 +150,9 @@ def test_paper_and_synthetic_presets_match_the_paper() -> None:
         0.005,
         0.05,
     )
+    # the published counterfactual: decode under the edited concepts, decoder
+    # trained on the annotations (independent training, appendix B)
+    assert (paper.residual_abduction, paper.decoder_concepts) == (False, "annotated")
     cbgm = get_preset("cbgm", "paper")
     assert (cbgm.concept_layer, cbgm.decoder, cbgm.orthogonality) == ("cem", "direct", "cosine")
     flow = get_preset("sccbgm_fm_edit", "paper")
