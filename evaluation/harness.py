@@ -258,6 +258,18 @@ def _fit_model(name, x_train, c_train, kinds, config):
     return model.fit(x_train, c_train, concept_kinds=kinds)
 
 
+def _inversion_rows(task, model_name, seed, model, x, concepts):
+    """``edit``-mode flows: MSE of the round trip with the condition unchanged.
+
+    The solver's error along the learned flow, a floor under every edit; the
+    cells come back within it (tested).
+    """
+    if getattr(model, "mode", None) != "edit" or not hasattr(model, "inversion_error"):
+        return []
+    error = model.inversion_error(x, concepts)
+    return [(task, model_name, seed, "pca", "inversion_error", error, np.nan, np.nan)]
+
+
 def _leakage_rows(task, model, seed, leak_inputs, before, after):
     """Table S7: classifiers trained on train cells, applied before and after the edit."""
     train_x, train_types, train_concept, types = leak_inputs
@@ -358,7 +370,8 @@ def evaluate(
         ``mse``, ``mae``, ``pearson``, ``r2`` with a bootstrap CI, also on the
         genes the concept affects as ``*_affected``; ``mmd``, ``energy``,
         ``fid``, ``sinkhorn`` and the ratios ``rmmd``, ``rfid``, ``rsd``;
-        ``knn_accuracy``; the leakage test of Table S7 as
+        ``knn_accuracy``; ``inversion_error`` of ``edit``-mode flows (the
+        round trip's MSE with the condition unchanged); the leakage test of Table S7 as
         ``leakage_cell_type_after`` / ``leakage_concept_after``; ``gap_closed``),
         and ``latent`` for a model's embedding of the train cells
         (``concept_accuracy``, ``concept_f1``, ``nmi``, ``ari`` against cell type,
@@ -475,6 +488,7 @@ def evaluate(
             if not np.isfinite(pcs).all():
                 raise SimcellError(f"model {model_name} returned NaN or infinite values on {name}")
             score(model_name, pcs, pre.to_genes_keeping(pcs, factual_genes))
+            rows.extend(_inversion_rows(name, model_name, seed, model, x_int, c_int))
             rows.extend(_leakage_rows(name, model_name, seed, leak_inputs, x_int, pcs))
             rows.extend(
                 _representation_rows(

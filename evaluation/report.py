@@ -19,6 +19,7 @@ SUMMARY_METRICS = (
     ("genes", "mse_affected"),
     ("pca", "rmmd"),
     ("pca", "gap_closed"),
+    ("pca", "inversion_error"),
 )
 PLOT_METRICS = (("pca", "mse"), ("genes", "mse"), ("pca", "mmd"), ("pca", "energy"))
 
@@ -66,7 +67,9 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
     lines.append(
         "Lower is better except `gap_closed` (1 = as good as the oracle, "
         "0 = no better than identity) and `knn_accuracy`. "
-        "`oracle` is the Bayes-optimal predictor, `identity` the factual cell."
+        "`oracle` is the Bayes-optimal predictor, `identity` the factual cell. "
+        "`inversion_error` is the MSE of an `edit` flow's round trip with the "
+        "condition unchanged: the floor under its edits."
     )
     for space, metric in SUMMARY_METRICS:
         table = summary_table(results, space, metric)

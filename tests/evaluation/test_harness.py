@@ -215,3 +215,7 @@ def test_every_registered_model_runs_through_the_harness(bundle_path):
     mse = table[(table.metric == "mse") & (table.space == "pca")].set_index("model")["value"]
     assert set(list_models()) | {"oracle"} <= set(mse.index)
     assert np.isfinite(mse.to_numpy()).all()
+    # edit-mode flows report their round-trip error, a floor far below identity's error
+    inversion = table[table.metric == "inversion_error"].set_index("model")["value"]
+    assert set(inversion.index) == {name for name in list_models() if name.endswith("_fm_edit")}
+    assert ((inversion >= 0) & (inversion < 0.1 * mse["identity"])).all()
