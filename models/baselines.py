@@ -220,7 +220,9 @@ class LatentShift(ModelBase):
     is the slope of the posterior-mean latents on the concept (the difference of
     mean latents between cells with the concept on and off, for a binary
     concept). A counterfactual encodes the cell (posterior mean), adds the
-    effects of the edited concepts in latent space and decodes.
+    effects of the edited concepts in latent space and decodes; with
+    ``residual_abduction`` (the ``fast`` and ``synthetic`` presets) it returns
+    x + D(z + δ) − D(z) instead, keeping what the VAE does not reconstruct.
 
     Attributes
     ----------
@@ -272,10 +274,16 @@ class LatentShift(ModelBase):
             x, concepts, target_concepts, n_dims=self.n_dims_, n_concepts=self.n_concepts_
         )
         shift = _shift(self.latent_slopes_, self.concept_means_, concepts, target_concepts)
-        latent = (self._latent(x) + shift).astype(np.float32)
+        latent = self._latent(x)
+        shifted = self._decode(latent + shift.astype(np.float32))
+        if self.config.residual_abduction:
+            return x + shifted - self._decode(latent)
+        return shifted
+
+    def _decode(self, latent: np.ndarray) -> np.ndarray:
         return map_batches(
             lambda zb: self.module_.decode(zb, zb.new_zeros((len(zb), 0))),
-            latent,
+            np.ascontiguousarray(latent, dtype=np.float32),
             device=self.device_,
         )
 

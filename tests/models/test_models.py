@@ -278,7 +278,7 @@ def test_latent_shift_adds_the_difference_of_mean_latents(fitted_models, toy) ->
     )
 
 
-@pytest.mark.parametrize("name", ["sccbgm", "cvae"])
+@pytest.mark.parametrize("name", ["sccbgm", "cvae", "latent_shift"])
 def test_residual_abduction_keeps_the_cell_and_moves_by_the_decoder_change(toy, name) -> None:
     plain = create_model(
         name, device="cpu", seed=0, progress_bar=False, max_epochs=3, residual_abduction=False
