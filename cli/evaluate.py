@@ -85,9 +85,14 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             progress=lambda message: click.echo(message, err=True),
         )
         out = out or bundle.with_name(bundle.name + "-evaluation")
+        from simcell.models import DEFAULT_MODELS, get_preset
+
+        trained = list(DEFAULT_MODELS if names is None else names)
         config = {
             "bundle": str(bundle),
             "models": names,
+            # the hyperparameters every model was trained with, next to its scores
+            "model_configs": {name: get_preset(name, preset).to_dict() for name in trained},
             "predictions": str(predictions or ""),
             "preset": preset,
             "device": device,

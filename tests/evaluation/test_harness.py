@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -179,6 +181,11 @@ def test_cli_evaluate_writes_a_report(bundle_path, tmp_path):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "results.csv")
     assert set(table.model) == {"oracle", "identity", "mean_shift"}
+    from simcell.models import get_preset
+
+    written = json.loads((out / "config.json").read_text())
+    assert written["preset"] == "fast"
+    assert written["model_configs"] == {"mean_shift": get_preset("mean_shift", "fast").to_dict()}
 
 
 def test_cli_evaluate_bad_input(bundle_path, tmp_path):
