@@ -308,17 +308,23 @@ def _representation_rows(task, model_name, seed, model, x, concepts_true, annota
     if embedding.shape[1] == 0:
         log.warning("%s %s: the embedding is constant; no latent metrics", task, model_name)
         return []
-    values = {
-        "concept_accuracy": m.concept_accuracy(embedding, concepts_true, seed=seed),
-        "concept_f1": m.concept_f1(embedding, concepts_true, seed=seed),
-        "nmi": m.nmi(embedding, cell_types, seed=seed),
-        "ari": m.ari(embedding, cell_types, seed=seed),
-        "linear_r2": m.linear_r2(embedding, concepts_true, seed=seed),
-        "mcc": m.mcc(embedding, concepts_true),
+    metrics = {
+        "concept_accuracy": lambda: m.concept_accuracy(embedding, concepts_true, seed=seed),
+        "concept_f1": lambda: m.concept_f1(embedding, concepts_true, seed=seed),
+        "nmi": lambda: m.nmi(embedding, cell_types, seed=seed),
+        "ari": lambda: m.ari(embedding, cell_types, seed=seed),
+        "linear_r2": lambda: m.linear_r2(embedding, concepts_true, seed=seed),
+        "mcc": lambda: m.mcc(embedding, concepts_true),
     }
-    return [
-        (task, model_name, seed, "latent", k, float(v), np.nan, np.nan) for k, v in values.items()
-    ]
+    rows = []
+    for name, compute in metrics.items():
+        try:
+            value = float(compute())
+        except SimcellError as error:  # undefined here (e.g. a rare concept): left out, said why
+            log.warning("%s %s %s: %s", task, model_name, name, error)
+            continue
+        rows.append((task, model_name, seed, "latent", name, value, np.nan, np.nan))
+    return rows
 
 
 def evaluate(

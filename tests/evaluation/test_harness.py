@@ -226,3 +226,24 @@ def test_every_registered_model_runs_through_the_harness(bundle_path):
     inversion = table[table.metric == "inversion_error"].set_index("model")["value"]
     assert set(inversion.index) == {name for name in list_models() if name.endswith("_fm_edit")}
     assert ((inversion >= 0) & (inversion < 0.1 * mse["identity"])).all()
+
+
+def test_an_undefined_latent_metric_is_left_out_with_a_warning(caplog):
+    from simcell.evaluation.harness import _representation_rows
+
+    class Embedding:
+        has_representation = True
+
+        def encode(self, x, concepts):
+            return x
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    concepts = (rng.random((200, 2)) < 0.5).astype(float)
+    concepts[:, 1] = 0.0
+    concepts[0, 1] = 1.0  # one cell: constant on any held-out share that misses it
+    types = np.arange(200) % 3
+    rows = _representation_rows("t", "m", 0, Embedding(), x, concepts, concepts, types)
+    names = {row[4] for row in rows}
+    assert "linear_r2" not in names and {"nmi", "mcc", "concept_accuracy"} <= names
+    assert "linear_r2" in caplog.text and "constant" in caplog.text
