@@ -16,6 +16,7 @@ Private to :mod:`simcell.evaluation.metrics`: inputs arrive validated (finite
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import ot
 import torch
 from scipy.spatial.distance import pdist
 
-from simcell import SimcellError
+from simcell import SimcellError, SimcellWarning
 
 TileReduction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -462,16 +463,28 @@ def entropic_ot(
     -------
     float
     """
-    plan, log = ot.bregman.sinkhorn_log(
-        log_source.exp(),
-        log_target.exp(),
-        cost,
-        epsilon,
-        numItermax=max_iter,
-        stopThr=tol,
-        log=True,
-        warmstart=warmstart,
-    )
+    with warnings.catch_warnings():
+        # replaced below by a warning that says how far from converged it stopped
+        warnings.filterwarnings("ignore", "Sinkhorn did not converge", UserWarning)
+        plan, log = ot.bregman.sinkhorn_log(
+            log_source.exp(),
+            log_target.exp(),
+            cost,
+            epsilon,
+            numItermax=max_iter,
+            stopThr=tol,
+            log=True,
+            warmstart=warmstart,
+        )
+    if log["niter"] >= max_iter - 1 and log["err"]:
+        error = float(log["err"][-1])
+        if error > tol:
+            warnings.warn(
+                f"Sinkhorn stopped after {max_iter} iterations with a marginal error of "
+                f"{error:.2g} (tolerance {tol:.2g}); the value is approximate",
+                SimcellWarning,
+                stacklevel=2,
+            )
     log_plan = log["log_u"][:, None] - cost / epsilon + log["log_v"][None, :]
     log_product = log_source[:, None] + log_target[None, :]
     value = (plan * cost).sum() + epsilon * (plan * (log_plan - log_product)).sum()

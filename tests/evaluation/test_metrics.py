@@ -16,7 +16,7 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 from sklearn.metrics import r2_score
 
-from simcell import SimcellError
+from simcell import SimcellError, SimcellWarning
 from simcell.evaluation import metrics
 
 # ----------------------------------------------------------------------------- references
@@ -398,6 +398,25 @@ def test_sinkhorn_default_epsilon_is_one_pooled_median_scale(rng):
     assert metrics.sinkhorn_divergence(x, y, device="cpu") == pytest.approx(
         metrics.sinkhorn_divergence(x, y, epsilon=epsilon, device="cpu"), rel=1e-9
     )
+
+
+def test_sinkhorn_that_runs_out_of_iterations_says_how_far_it_got(rng):
+    import warnings
+
+    x = rng.normal(size=(40, 3))
+    y = rng.normal(size=(30, 3)) + 3.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics.sinkhorn_divergence(x, y, epsilon=0.01, max_iter=3, tol=1e-12, device="cpu")
+    messages = [str(w.message) for w in caught]
+    assert any(
+        issubclass(w.category, SimcellWarning) and "marginal error" in str(w.message)
+        for w in caught
+    ), messages
+    assert not any("Sinkhorn did not converge" in m for m in messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged solve warns about nothing
+        metrics.sinkhorn_divergence(x, y, epsilon=0.5, device="cpu")
 
 
 # ----------------------------------------------------------------------------- self distances
