@@ -247,3 +247,16 @@ def test_an_undefined_latent_metric_is_left_out_with_a_warning(caplog):
     names = {row[4] for row in rows}
     assert "linear_r2" not in names and {"nmi", "mcc", "concept_accuracy"} <= names
     assert "linear_r2" in caplog.text and "constant" in caplog.text
+
+
+def test_a_solver_out_of_budget_is_logged_and_other_warnings_pass(caplog):
+    import warnings
+
+    from simcell import SimcellWarning
+    from simcell.evaluation.harness import _budget_notes
+
+    with pytest.warns(UserWarning, match="other"):
+        with _budget_notes("task_0 model sinkhorn"):
+            warnings.warn("marginal error of 2e-06", SimcellWarning, stacklevel=1)
+            warnings.warn("other", UserWarning, stacklevel=1)
+    assert "task_0 model sinkhorn: marginal error of 2e-06" in caplog.text
