@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def generate(
             length=params.n_cells,
             label="simulating cells",
             hidden=quiet,
-            file=click.get_text_stream("stderr"),
+            file=sys.stderr,
         ) as bar:
             dataset = generate_bundle(
                 params,

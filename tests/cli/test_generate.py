@@ -45,15 +45,14 @@ def test_generate_writes_a_bundle(tmp_path):
     assert bundle.manifest["seed"] == 4 and bundle.manifest["params"]["n_tasks"] == 2
 
 
-def test_default_directory(tmp_path):
-    runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        result = runner.invoke(
-            main,
-            ["generate", "--n-cells", "300", "--n-genes", "20", "--set", "n_tasks=0", "--quiet"],
-        )
-        assert result.exit_code == 0, result.output
-        read_bundle("simcell-data/synthetic2")
+def test_default_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["generate", "--n-cells", "300", "--n-genes", "20", "--set", "n_tasks=0", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    read_bundle(tmp_path / "simcell-data" / "synthetic2")
 
 
 @pytest.mark.parametrize(
