@@ -8,7 +8,10 @@ and solvers of :mod:`simcell.models.flow`; they differ only in the condition:
   field can tell "not annotated" from "annotated 0".
 * ``sccbgm_fm_*`` — ``[u, ĉ]`` from a trained scCBGM (posterior mean). ``fit``
   first trains the scCBGM (its preset is ``config.backbone``), then the flow.
-  The edited condition is ``[u, ĉ']`` with the scCBGM action step (§2.4).
+  The concept part is what the scCBGM decoder sees (``decoder_concepts``: by
+  default the annotations, ĉ where one is missing), so that an edit 0 -> 1 is
+  the change the flow was trained on. The edited condition replaces the
+  edited concepts only (the scCBGM action step, §2.4).
 * ``cvae_fm_*`` — ``[z, c]``: the CVAE posterior mean under the original
   annotations and the concepts (as for Vanilla-FM); the edited condition
   replaces c by the edited concepts and keeps z.
@@ -436,7 +439,11 @@ class _BackboneFM(FlowMatchingModel):
 
 
 class _SCCBGMFM(_BackboneFM):
-    """Flow conditioned on the scCBGM embedding ``[u, ĉ]`` (scCBGM-FM, §2.5)."""
+    """Flow conditioned on the scCBGM embedding ``[u, ĉ]`` (scCBGM-FM, §2.5).
+
+    The concepts in the condition are those the backbone's decoder sees (see
+    :meth:`SCCBGM.decoder_parts`).
+    """
 
     config_class = SCCBGMFMConfig
     presets: ClassVar[Mapping[str, SCCBGMFMConfig]] = SCCBGM_FM_PRESETS
