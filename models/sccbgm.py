@@ -10,11 +10,10 @@ with ĉ fed to every hidden layer (eq. 5). Training minimises (eq. 6-9)::
 with the masked concept loss of eq. 7 and the cross-covariance penalty of eq. 8.
 
 Counterfactuals follow abduction-action-prediction (§2.4): z = E_μ(x) (the
-posterior *mean*); ĉ and u from z; ĉ_k is replaced by the target value c'_k only
-for the concepts the intervention changes (elsewhere the model keeps its own
-prediction); x̂' = D([u, ĉ']). The decoder is trained on the annotations where they exist
-(independent training, appendix B; ĉ fills in missing ones) and sees the same
-values at abduction.
+posterior *mean*); ĉ and u from z; the target value c'_k replaces a concept only
+where the intervention changes it; x̂' = D([u, ĉ']). Elsewhere the decoder sees
+what it was trained on: the annotation where there is one, ĉ where it is missing
+(the paper's independent training, appendix B; ``decoder_concepts``).
 
 Ablation switches (§3, D.8): the concept layer (``bottleneck``, a CBM with one
 scalar per concept, or ``cem``, a concept embedding model), the decoder
@@ -458,9 +457,10 @@ class SCCBGM(ModelBase):
         ----------
         x : ndarray, shape (n_cells, n_dims)
         concepts : ndarray, shape (n_cells, n_concepts)
-            Annotations; used only to find which concepts the target changes.
+            Annotations: they say which concepts the target changes, and the
+            decoder sees them (``decoder_concepts="annotated"``; ĉ where NaN).
         target_concepts : ndarray, shape (n_cells, n_concepts)
-            ``NaN`` leaves a concept at the model's own prediction.
+            ``NaN`` leaves a concept as the decoder sees it unedited.
 
         Returns
         -------
