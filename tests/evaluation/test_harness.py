@@ -260,3 +260,30 @@ def test_a_solver_out_of_budget_is_logged_and_other_warnings_pass(caplog):
             warnings.warn("marginal error of 2e-06", SimcellWarning, stacklevel=1)
             warnings.warn("other", UserWarning, stacklevel=1)
     assert "task_0 model sinkhorn: marginal error of 2e-06" in caplog.text
+
+
+def test_debiased_mse_removes_the_monte_carlo_excess():
+    from simcell.evaluation import debiased_mse
+
+    rng = np.random.default_rng(11)
+    n_cells, n_dims, draws, sd = 20000, 8, 16, 0.5  # each half averages 16 draws
+    truth = rng.normal(size=(n_cells, n_dims))
+    posterior_mean = truth + rng.normal(scale=0.3, size=(n_cells, n_dims))
+    bayes = np.mean((posterior_mean - truth) ** 2)
+    a, b = (
+        posterior_mean + rng.normal(scale=sd / np.sqrt(draws), size=(n_cells, n_dims))
+        for _ in range(2)
+    )
+    naive = np.mean((0.5 * (a + b) - truth) ** 2)
+    assert naive == pytest.approx(bayes + sd**2 / (2 * draws), rel=0.02)  # the excess
+    per_cell = debiased_mse(a, b, truth)
+    standard_error = per_cell.std() / np.sqrt(n_cells)
+    assert abs(per_cell.mean() - bayes) < 4 * standard_error
+    assert abs(per_cell.mean() - bayes) < 0.1 * (naive - bayes)
+    # identical halves: the plain MSE, exactly
+    assert np.array_equal(debiased_mse(a, a, truth), np.mean((a - truth) ** 2, axis=1))
+
+
+def test_oracle_needs_two_samples(bundle_path):
+    with pytest.raises(SimcellError, match="oracle_samples must be >= 2"):
+        evaluate(bundle_path, models=[], oracle_samples=1, tasks=["task_0"])
