@@ -12,6 +12,7 @@ from torch import nn
 
 from simcell import SimcellError
 
+from ._concepts import check_fit_inputs
 from ._config import ModelConfig
 from ._trainer import Trainer, resolve_device, save_checkpoint
 from .base import ConceptKind, CounterfactualModel
@@ -138,6 +139,43 @@ class ModelBase(CounterfactualModel):
                 "state": self._get_state(),
             },
         )
+
+
+class NeuralModel(ModelBase):
+    """A model whose fitted state is one torch module, ``module_`` (built by ``_build``).
+
+    Checkpoints store its weights and restore them onto the resolved device.
+    """
+
+    module_: nn.Module
+
+    def _build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(
+        self,
+        x: np.ndarray,
+        concepts: np.ndarray,
+        *,
+        concept_kinds: tuple[ConceptKind, ...] | None = None,
+    ) -> NeuralModel:
+        """Train on cells (see :meth:`CounterfactualModel.fit`); missing concepts are masked."""
+        x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
+        self._set_dims(x.shape[1], kinds)
+        self._train_module(x, concepts)
+        return self
+
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        state["module"] = state_dict_cpu(self.module_)
+        return state
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        super()._set_state(state)
+        self.module_ = self._build()
+        self.module_.load_state_dict(state["module"])
+        self.device_ = self._resolved_device()
+        self.module_.to(self.device_).eval()
 
 
 def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 
 from simcell import SimcellWarning
 
-from ._common import ModelBase, map_batches, state_dict_cpu
+from ._common import ModelBase, NeuralModel, map_batches
 from ._concepts import check_counterfactual_inputs, check_fit_inputs, edited_mask
 from ._config import ModelConfig
 from ._trainer import build_module
@@ -213,7 +213,7 @@ LATENT_SHIFT_PRESETS: dict[str, LatentShiftConfig] = {
 }
 
 
-class LatentShift(ModelBase):
+class LatentShift(NeuralModel):
     """scGen-style latent arithmetic (Lotfollahi et al., 2019).
 
     A VAE (no concepts as input) is trained on the cells; each concept's effect
@@ -297,16 +297,11 @@ class LatentShift(ModelBase):
 
     def _get_state(self) -> dict[str, Any]:
         state = super()._get_state()
-        state["module"] = state_dict_cpu(self.module_)
         state["latent_slopes"] = torch.from_numpy(self.latent_slopes_)
         state["concept_means"] = torch.from_numpy(self.concept_means_)
         return state
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
         super()._set_state(state)
-        self.module_ = self._build()
-        self.module_.load_state_dict(state["module"])
-        self.device_ = self._resolved_device()
-        self.module_.to(self.device_).eval()
         self.latent_slopes_ = state["latent_slopes"].numpy()
         self.concept_means_ = state["concept_means"].numpy()

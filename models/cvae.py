@@ -15,24 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import ModelBase, map_batches, state_dict_cpu
+from ._common import NeuralModel, map_batches
 from ._concepts import (
     check_counterfactual_inputs,
-    check_fit_inputs,
     concept_condition,
     edited_mask,
 )
 from ._config import NeuralConfig, check_fraction, check_non_negative, check_positive
 from ._nn import GaussianEncoder, ResidualMLP, gaussian_kl, reparameterize
 from ._trainer import build_module
-from .base import ConceptKind
 
 __all__ = ["CVAE", "CVAEConfig", "CVAEModule", "CVAE_PRESETS"]
 
@@ -172,7 +170,7 @@ class CVAEModule(nn.Module):
         return prediction
 
 
-class CVAE(ModelBase):
+class CVAE(NeuralModel):
     """Conditional VAE with concepts in the encoder and the decoder.
 
     Parameters
@@ -194,19 +192,6 @@ class CVAE(ModelBase):
         assert self.n_dims_ is not None and self.n_concepts_ is not None
         n_dims, n_concepts, config = self.n_dims_, self.n_concepts_, self.config
         return build_module(lambda: CVAEModule(n_dims, n_concepts, config), seed=self.seed)
-
-    def fit(
-        self,
-        x: np.ndarray,
-        concepts: np.ndarray,
-        *,
-        concept_kinds: tuple[ConceptKind, ...] | None = None,
-    ) -> CVAE:
-        """Train on cells (see :meth:`CounterfactualModel.fit`)."""
-        x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
-        self._set_dims(x.shape[1], kinds)
-        self._train_module(x, concepts)
-        return self
 
     def counterfactual(
         self, x: np.ndarray, concepts: np.ndarray, target_concepts: np.ndarray
@@ -235,15 +220,3 @@ class CVAE(ModelBase):
         return map_batches(
             lambda xb, cb: self.module_.posterior(xb, cb)[0], x, concepts, device=self.device_
         )
-
-    def _get_state(self) -> dict[str, Any]:
-        state = super()._get_state()
-        state["module"] = state_dict_cpu(self.module_)
-        return state
-
-    def _set_state(self, state: Mapping[str, Any]) -> None:
-        super()._set_state(state)
-        self.module_ = self._build()
-        self.module_.load_state_dict(state["module"])
-        self.device_ = self._resolved_device()
-        self.module_.to(self.device_).eval()

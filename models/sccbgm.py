@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,11 +39,10 @@ from torch import nn
 
 from simcell import SimcellError
 
-from ._common import ModelBase, map_batches, state_dict_cpu
+from ._common import NeuralModel, map_batches
 from ._concepts import (
     ORTHOGONALITY_PENALTIES,
     check_counterfactual_inputs,
-    check_fit_inputs,
     check_x,
     concept_loss,
     edited_mask,
@@ -405,7 +404,7 @@ class SCCBGMModule(nn.Module):
         return prediction
 
 
-class SCCBGM(ModelBase):
+class SCCBGM(NeuralModel):
     """Single-cell concept bottleneck generative model (scCBGM).
 
     Parameters
@@ -434,19 +433,6 @@ class SCCBGM(ModelBase):
         assert self.n_dims_ is not None and self.concept_kinds_ is not None
         n_dims, kinds, config = self.n_dims_, self.concept_kinds_, self.config
         return build_module(lambda: SCCBGMModule(n_dims, kinds, config), seed=self.seed)
-
-    def fit(
-        self,
-        x: np.ndarray,
-        concepts: np.ndarray,
-        *,
-        concept_kinds: tuple[ConceptKind, ...] | None = None,
-    ) -> SCCBGM:
-        """Train on cells (see :meth:`CounterfactualModel.fit`); missing concepts are masked."""
-        x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
-        self._set_dims(x.shape[1], kinds)
-        self._train_module(x, concepts)
-        return self
 
     def counterfactual(
         self, x: np.ndarray, concepts: np.ndarray, target_concepts: np.ndarray
@@ -526,18 +512,6 @@ class SCCBGM(ModelBase):
         """
         unknowns, concepts_hat = self.encode_parts(x)
         return np.concatenate([unknowns, concepts_hat], axis=1)
-
-    def _get_state(self) -> dict[str, Any]:
-        state = super()._get_state()
-        state["module"] = state_dict_cpu(self.module_)
-        return state
-
-    def _set_state(self, state: Mapping[str, Any]) -> None:
-        super()._set_state(state)
-        self.module_ = self._build()
-        self.module_.load_state_dict(state["module"])
-        self.device_ = self._resolved_device()
-        self.module_.to(self.device_).eval()
 
 
 class CBGM(SCCBGM):
