@@ -33,6 +33,7 @@ import click
 import pandas as pd
 
 from simcell import scenarios
+from simcell.cli._errors import user_errors
 from simcell.evaluation import evaluate
 from simcell.simulator import simulate, write_bundle
 
@@ -97,19 +98,40 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _seed_list(ctx, param, value: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise click.BadParameter("seeds must be >= 0")
+    return seeds
+
+
 @click.command()
 @click.option("--preset", default="paper", show_default=True, help="Model preset.")
 @click.option("--device", default="auto", show_default=True, help="Torch device.")
-@click.option("--seeds", default="0,1,2,3", show_default=True, help="Model/harness seeds.")
-@click.option("--data-seed", default=0, show_default=True, help="Simulation seed.")
-@click.option("--n-cells", type=int, default=None, help="Override n_cells (smoke runs).")
-@click.option("--n-genes", type=int, default=None, help="Override n_genes (smoke runs).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("table-s5"))
+@click.option(
+    "--seeds", default="0,1,2,3", show_default=True, callback=_seed_list, help="Model seeds."
+)
+@click.option("--data-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--n-cells", type=click.IntRange(min=1), default=None, help="Override n_cells.")
+@click.option("--n-genes", type=click.IntRange(min=1), default=None, help="Override n_genes.")
+@click.option(
+    "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("table-s5")
+)
 def main(preset, device, seeds, data_seed, n_cells, n_genes, out) -> None:
     """Recompute Table S5 of the scCBGM paper on synthetic1/2/3."""
-    seed_list = [int(s) for s in seeds.split(",")]
+    with user_errors():
+        _run(preset, device, seeds, data_seed, n_cells, n_genes, out)
+
+
+def _run(preset, device, seed_list, data_seed, n_cells, n_genes, out) -> None:
+    from simcell.models import get_preset
+
+    for model in MODELS:
+        get_preset(model, preset)  # an unknown preset fails here, before hours of work
     sizes = {k: v for k, v in {"n_cells": n_cells, "n_genes": n_genes}.items() if v is not None}
-    out.mkdir(parents=True, exist_ok=True)
     tables = []
     with tempfile.TemporaryDirectory() as scratch:
         for scenario in SCENARIOS:
@@ -121,6 +143,7 @@ def main(preset, device, seeds, data_seed, n_cells, n_genes, out) -> None:
                 table = evaluate(bundle, list(MODELS), preset=preset, device=device, seed=seed)
                 tables.append(table.assign(scenario=scenario))
     results = pd.concat(tables, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "results.csv", results.to_csv(index=False))
     text = table_markdown(summarise(results), preset)
     _write_atomic(out / "table_s5.md", text)

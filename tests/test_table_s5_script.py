@@ -62,3 +62,17 @@ def test_smoke_run_writes_the_table(table_s5, tmp_path) -> None:
     assert set(results["scenario"]) == {"synthetic1", "synthetic2", "synthetic3"}
     assert set(table_s5.MODELS) <= set(results["model"])
     assert "Ordering" in (tmp_path / "table_s5.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "a"], "comma-separated integers"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--n-cells", "0"], "x>=1"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(table_s5, tmp_path, args, message) -> None:
+    result = CliRunner().invoke(table_s5.main, [*args, "-o", str(tmp_path / "out")])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
