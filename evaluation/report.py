@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from simcell import SimcellError
+import simcell
+from simcell._atomic import (
+    STAGING_MARKER,
+    Ownership,
+    atomic_output,
+    check_output,
+    read_marker,
+    safe_relative,
+)
 
 SUMMARY_METRICS = (
     ("pca", "mse"),
@@ -109,17 +116,81 @@ def plot_metric(results: pd.DataFrame, space: str, metric: str, path: Path) -> N
     plt.close(fig)
 
 
+REPORT_MARKER = ".simcell-report.json"
+_REPORT_FORMAT = "simcell-report/1"
+
+
+def _report_files(path: Path) -> frozenset[str] | None:
+    """The files simcell wrote into report folder ``path``, as listed by its
+    marker ``.simcell-report.json`` (the marker included); None without one."""
+    marker = read_marker(path / REPORT_MARKER, _REPORT_FORMAT)
+    listed = marker.get("files") if marker is not None else None
+    if not isinstance(listed, list):
+        return None
+    names = [safe_relative(name) for name in listed]
+    if None in names:
+        return None
+    return frozenset(names) | {REPORT_MARKER}
+
+
+REPORT_OWNERSHIP = Ownership(what="report", marker=REPORT_MARKER, claim=_report_files)
+
+
+def check_report_dir(
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Raise now the SimcellError :func:`write_report` would raise for ``out_dir``.
+
+    Call it before a long evaluation, so that a refused folder costs nothing.
+    """
+    check_output(out_dir, REPORT_OWNERSHIP, overwrite=overwrite, protect=protect)
+
+
 def write_report(
-    results: pd.DataFrame, config: dict, out_dir: str | os.PathLike, title: str
+    results: pd.DataFrame,
+    config: dict,
+    out_dir: str | os.PathLike,
+    title: str,
+    *,
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
 ) -> Path:
-    """Write results.csv, summary.md, plots/*.png and config.json atomically."""
+    """Write results.csv, summary.md, plots/*.png and config.json atomically.
+
+    The report carries a marker, ``.simcell-report.json``, that lists its files:
+    a later report replaces an existing folder only if it holds nothing else.
+
+    Parameters
+    ----------
+    results : DataFrame
+        The tidy results table.
+    config : dict
+        Written to ``config.json``.
+    out_dir : path
+        The report folder.
+    title : str
+        The summary's title.
+    overwrite : bool
+        Write into a folder that holds files simcell did not write, replacing
+        only simcell's own files and keeping every other one.
+    protect : iterable of path
+        Folders the report must not replace or contain (the evaluated bundle).
+
+    Returns
+    -------
+    Path
+        The report folder.
+
+    Raises
+    ------
+    SimcellError
+        ``out_dir`` is refused (see :func:`check_report_dir`).
+    """
     out_dir = Path(out_dir)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    except OSError as error:
-        raise SimcellError(f"cannot write to {out_dir.parent}: {error.strerror}") from None
-    try:
+    with atomic_output(out_dir, REPORT_OWNERSHIP, overwrite=overwrite, protect=protect) as staging:
         results.to_csv(staging / "results.csv", index=False)
         (staging / "summary.md").write_text(summary_markdown(results, title))
         (staging / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -127,12 +198,11 @@ def write_report(
         for space, metric in PLOT_METRICS:
             if ((results["space"] == space) & (results["metric"] == metric)).any():
                 plot_metric(results, space, metric, staging / "plots" / f"{metric}_{space}.png")
-        if out_dir.exists():
-            if not (out_dir / "results.csv").exists() and any(out_dir.iterdir()):
-                raise SimcellError(f"{out_dir} exists and is not a simcell report; not overwriting")
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        written = sorted(
+            path.relative_to(staging).as_posix()
+            for path in staging.rglob("*")
+            if path.is_file() and path.name != STAGING_MARKER
+        )
+        marker = {"format": _REPORT_FORMAT, "simcell_version": simcell.__version__}
+        (staging / REPORT_MARKER).write_text(json.dumps({**marker, "files": written}, indent=2))
     return out_dir

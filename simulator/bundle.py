@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import anndata as ad
 
 import simcell
 from simcell import SimcellError
+from simcell._atomic import Ownership, atomic_output, read_marker, safe_relative
 from simcell.simulator.dataset import Dataset
 
 FACTUAL = "factual.h5ad"
@@ -70,55 +69,56 @@ def manifest_for(dataset: Dataset, directory: Path) -> dict:
     }
 
 
-def publish(staging: Path, out_dir: Path) -> None:
-    """Move a finished staging directory to ``out_dir``, replacing any old bundle."""
-    if out_dir.exists():
-        if not (out_dir / MANIFEST).exists() and any(out_dir.iterdir()):
-            raise SimcellError(f"{out_dir} exists and is not a simcell bundle; not overwriting it")
-        retired = out_dir.with_name(out_dir.name + ".old-" + staging.name[-8:])
-        os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+def _bundle_files(path: Path) -> frozenset[str] | None:
+    """The files simcell wrote into bundle folder ``path``: those its manifest
+    (``format: simcell-bundle/1``) lists in its checksums, and the manifest;
+    None when ``path`` holds no such manifest."""
+    manifest = read_marker(path / MANIFEST, "simcell-bundle/1")
+    checksums = manifest.get("checksums") if manifest is not None else None
+    if not isinstance(checksums, dict):
+        return None
+    names = [safe_relative(name) for name in checksums]
+    if None in names:
+        return None
+    return frozenset(names) | {MANIFEST}
 
 
-def staging_dir(out_dir: Path) -> Path:
-    """A fresh temporary directory beside ``out_dir`` (same file system, so rename is atomic)."""
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    except OSError as error:
-        raise SimcellError(f"cannot write to {out_dir.parent}: {error.strerror}") from None
+BUNDLE_OWNERSHIP = Ownership(what="bundle", marker=MANIFEST, claim=_bundle_files)
 
 
-def write_bundle(dataset: Dataset, out_dir: str | os.PathLike) -> Path:
+def write_bundle(dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``dataset`` as a bundle, atomically.
 
-    The files are written to a temporary directory beside ``out_dir`` and renamed
+    The files are written to a staging folder beside ``out_dir`` and renamed
     into place when complete, so an interrupted write leaves no partial bundle.
+    An existing bundle is replaced only if it holds nothing but the files its
+    manifest names (see :func:`simcell._atomic.atomic_output`).
 
     Parameters
     ----------
     dataset : Dataset
     out_dir : path
+    overwrite : bool
+        Write into a folder that holds files simcell did not write, replacing
+        only simcell's own files and keeping every other one.
 
     Returns
     -------
     Path
         The bundle directory.
+
+    Raises
+    ------
+    SimcellError
+        ``out_dir`` holds files simcell did not write (and not ``overwrite``),
+        or is a folder that must never be an output (``.``, ``..``, home).
     """
     out_dir = Path(out_dir)
-    staging = staging_dir(out_dir)
-    try:
+    with atomic_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite) as staging:
         dataset.factual.write_h5ad(staging / FACTUAL)
         dataset.counterfactuals.write_h5ad(staging / COUNTERFACTUAL)
         manifest = manifest_for(dataset, staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from simcell._atomic import atomic_output, check_output
 from simcell.simulator.bundle import (
+    BUNDLE_OWNERSHIP,
     COUNTERFACTUAL,
     FACTUAL,
     MANIFEST,
     manifest_for,
-    publish,
-    staging_dir,
 )
 from simcell.simulator.counts import chunk_bounds
 from simcell.simulator.dataset import (
@@ -90,12 +89,16 @@ def generate_bundle(
     engine: Engine = "threads",
     scheduler: str | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> Dataset:
     """Simulate straight into a bundle on disk, in bounded memory.
 
     Parameters are those of :func:`~simcell.simulator.simulate`, plus the
     bundle directory ``out_dir``; the bundle is written to a temporary
-    directory beside it and renamed into place when complete.
+    directory beside it and renamed into place when complete; an interrupt
+    removes it and publishes nothing. ``overwrite`` is that of
+    :func:`~simcell.simulator.write_bundle`: without it, a folder holding any
+    file simcell did not write is refused before anything is simulated.
 
     Returns
     -------
@@ -103,10 +106,10 @@ def generate_bundle(
         The dataset's metadata (world, cells, tasks) with ``X`` left empty; the
         counts are in the bundle, and ``Dataset.counterfactual`` still works.
     """
-    dataset, request = prepare(params, seed, scenario)
     out_dir = Path(out_dir)
-    staging = staging_dir(out_dir)
-    try:
+    check_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite)  # refuse before simulating
+    dataset, request = prepare(params, seed, scenario)
+    with atomic_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite) as staging:
         factual_path, twin_path = staging / FACTUAL, staging / COUNTERFACTUAL
         dataset.factual.write_h5ad(factual_path)
         dataset.counterfactuals.write_h5ad(twin_path)
@@ -127,8 +130,4 @@ def generate_bundle(
             )
         manifest = manifest_for(dataset, staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dataset
