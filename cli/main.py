@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 import click
 
 import simcell
+from simcell._atomic import clear_stop, request_stop
 from simcell.cli.evaluate import evaluate
 from simcell.cli.generate import generate, scenarios
 
@@ -18,6 +21,23 @@ def main(verbose: int) -> None:
     """simcell: simulate scRNA-seq with exact counterfactuals and score models on it."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _stop_on_signals(click.get_current_context())
+
+
+def _on_signal(signum: int, frame) -> None:
+    request_stop()  # survives even if the KeyboardInterrupt below is swallowed
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals(ctx: click.Context) -> None:
+    """Ctrl-C and SIGTERM stop the command: staging folders are removed, nothing
+    is published, the exit status is non-zero. Restored when the command ends."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    clear_stop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, _on_signal)
+        ctx.call_on_close(lambda signum=signum, previous=previous: signal.signal(signum, previous))
 
 
 main.add_command(generate)

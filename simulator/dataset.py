@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 import simcell
 from simcell import SimcellError
+from simcell._atomic import raise_if_stopped
 from simcell.simulator._rng import CELL_BLOCK, stream
 from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
 from simcell.simulator.corrupt import CorruptionRecord, corrupt
@@ -378,11 +379,19 @@ def count_pass(
     """Run the count job over every chunk, in order, appending factual rows to
     ``sinks[0]`` and twins to ``sinks[1]`` (in memory or on disk)."""
     factual_sink, twin_sink = sinks
-    for factual_part, twin_part, n_done in run_chunks(job, bounds, n_threads, engine, scheduler):
-        factual_sink.append(factual_part)
-        twin_sink.append(twin_part)
-        if progress is not None:
-            progress(n_done)
+    chunks = run_chunks(job, bounds, n_threads, engine, scheduler)
+    try:
+        for factual_part, twin_part, n_done in chunks:
+            # a Ctrl-C / SIGTERM whose KeyboardInterrupt a library callback swallowed
+            # ("Exception ignored in ...") still stops the run here
+            raise_if_stopped()
+            factual_sink.append(factual_part)
+            twin_sink.append(twin_part)
+            if progress is not None:
+                progress(n_done)
+        raise_if_stopped()
+    finally:
+        chunks.close()  # stop the workers now, not whenever the generator is collected
 
 
 def run_chunks(
