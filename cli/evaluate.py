@@ -52,14 +52,22 @@ def latest_bundle(root: Path = DATA_ROOT) -> Path:
     default=None,
     help="Report directory  [default: <bundle>-evaluation]",
 )
-def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into a folder holding other files: replace simcell's own, keep the rest.",
+)
+def evaluate(bundle, models, predictions, preset, device, seed, tasks, out, overwrite):
     """Train and score models (and/or predictions) on a bundle's tasks."""
     from simcell.evaluation import evaluate as run_evaluation
     from simcell.evaluation import summary_markdown, write_report
+    from simcell.evaluation.report import check_report_dir
 
     started = time.perf_counter()
     with user_errors():
         bundle = bundle or latest_bundle()
+        out = out or bundle.resolve().with_name(bundle.resolve().name + "-evaluation")
+        check_report_dir(out, overwrite=overwrite, protect=[bundle])  # before any training
         names = [m.strip() for m in models.split(",") if m.strip()] if models else None
         if preset == "auto":
             import torch
@@ -84,7 +92,6 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             tasks=task_list,
             progress=lambda message: click.echo(message, err=True),
         )
-        out = out or bundle.with_name(bundle.name + "-evaluation")
         from simcell.models import DEFAULT_MODELS, get_preset
 
         trained = list(DEFAULT_MODELS if names is None else names)
@@ -100,6 +107,6 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             "tasks": task_list,
         }
         title = f"simcell evaluation of {bundle}"
-        write_report(results, config, out, title)
+        write_report(results, config, out, title, overwrite=overwrite, protect=[bundle])
     click.echo(summary_markdown(results, title))
     click.echo(f"Evaluated in {time.perf_counter() - started:.0f} s; report written to {out}.")

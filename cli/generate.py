@@ -73,6 +73,11 @@ DATA_ROOT = Path("simcell-data")
     metavar="ADDRESS",
     help="Dask scheduler address  [default: a local cluster]",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into a folder holding other files: replace simcell's own, keep the rest.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(
     scenario,
@@ -86,6 +91,7 @@ def generate(
     device,
     engine,
     scheduler,
+    overwrite,
     quiet,
 ):
     """Simulate a scenario and write its dataset bundle.
@@ -119,6 +125,7 @@ def generate(
                 engine=engine,
                 scheduler=scheduler,
                 progress=bar.update,
+                overwrite=overwrite,
             )
     elapsed = time.perf_counter() - started
     n_rows = dataset.counterfactuals.n_obs

@@ -76,3 +76,101 @@ def test_refuses_to_overwrite_a_foreign_directory(small_dataset, tmp_path):
 def test_read_errors(tmp_path):
     with pytest.raises(SimcellError, match="not a simcell bundle"):
         read_bundle(tmp_path)
+
+
+# --------------------------------------------------------------- never destroy a user's files
+
+
+def _staging_left(parent):
+    return [path.name for path in parent.iterdir() if ".tmp-" in path.name]
+
+
+def test_rerun_replaces_own_bundle(small_params, small_dataset, tmp_path):
+    path = write_bundle(small_dataset, tmp_path / "b")
+    write_bundle(simulate(small_params, seed=8, scenario="synthetic2"), path)
+    assert read_bundle(path, verify=True).manifest["seed"] == 8
+    assert sorted(p.name for p in path.iterdir()) == [
+        "counterfactual.h5ad",
+        "factual.h5ad",
+        "manifest.json",
+    ]
+    assert _staging_left(tmp_path) == []
+
+
+def test_a_foreign_manifest_proves_nothing(small_dataset, tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "my web app"}')
+    (app / "index.html").write_text("<html>")
+    with pytest.raises(SimcellError, match="not a simcell bundle and holds 2 files"):
+        write_bundle(small_dataset, app)
+    assert sorted(p.name for p in app.iterdir()) == ["index.html", "manifest.json"]
+    write_bundle(small_dataset, app, overwrite=True)
+    assert (app / "index.html").read_text() == "<html>"
+    assert (app / "manifest.json.~1~").read_text() == '{"name": "my web app"}'
+    assert read_bundle(app, verify=True).manifest["seed"] == 7
+
+
+def test_own_bundle_with_a_foreign_file(small_params, small_dataset, tmp_path):
+    path = write_bundle(small_dataset, tmp_path / "b")
+    (path / "notes.txt").write_text("keep me")
+    with pytest.raises(SimcellError, match="holds 1 file simcell did not write.*--overwrite"):
+        write_bundle(simulate(small_params, seed=8), path)
+    assert read_bundle(path).manifest["seed"] == 7
+    write_bundle(simulate(small_params, seed=8), path, overwrite=True)
+    assert read_bundle(path, verify=True).manifest["seed"] == 8
+    assert (path / "notes.txt").read_text() == "keep me"
+    assert not list(path.glob("*.~*~")) and _staging_left(tmp_path) == []
+
+
+def test_bundle_folder_has_the_umask_mode(small_dataset, tmp_path):
+    import os
+
+    from simcell import scenarios
+    from simcell.simulator import generate_bundle
+
+    previous = os.umask(0o022)
+    try:
+        write_bundle(small_dataset, tmp_path / "b")
+        params = scenarios.load("synthetic2", n_cells=300, n_genes=20)
+        generate_bundle(params, 0, tmp_path / "g")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "g").stat().st_mode & 0o777 == 0o755
+
+
+def test_generate_refuses_before_simulating(tmp_path, monkeypatch):
+    from simcell import scenarios
+    from simcell.simulator import generate_bundle, stream
+
+    def never(*args, **kwargs):
+        raise AssertionError("simulated although the folder is refused")
+
+    monkeypatch.setattr(stream, "prepare", never)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "thesis.tex").write_text("x")
+    params = scenarios.load("synthetic2", n_cells=300, n_genes=20)
+    with pytest.raises(SimcellError, match="not a simcell bundle"):
+        generate_bundle(params, 0, tmp_path / "b")
+
+
+def test_a_stop_request_ends_generation_and_publishes_nothing(tmp_path):
+    from simcell import scenarios
+    from simcell._atomic import clear_stop, request_stop
+    from simcell.simulator import generate_bundle
+
+    done = []
+
+    def progress(n):  # a signal handler whose KeyboardInterrupt was swallowed
+        done.append(n)
+        request_stop()
+
+    params = scenarios.load("synthetic2", n_cells=2000, n_genes=20)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate_bundle(params, 0, tmp_path / "b", chunk_size=200, progress=progress)
+    finally:
+        clear_stop()
+    assert len(done) == 1  # the first chunk, then the run stopped
+    assert list(tmp_path.iterdir()) == []
