@@ -139,17 +139,18 @@ def _files(folder: Path) -> set[str]:
 
 
 def _foreign(folder: Path, owned: frozenset[str], limit: int = 1000) -> list[str]:
-    """What in ``folder`` simcell did not write (files not in ``owned``, folders
-    that hold none of them), the first ``limit`` + 1 at most."""
+    """What in ``folder`` simcell did not write: the files not in ``owned`` and
+    the empty folders none of them needs (the first ``limit`` + 1 at most)."""
     needed = {str(parent) for name in owned for parent in PurePosixPath(name).parents}
-    foreign = []
+    files, folders = [], []
     for name, is_folder in _walk(folder):
         if name in owned or (is_folder and name in needed):
             continue
-        foreign.append(name)
-        if len(foreign) > limit:
-            break
-    return foreign
+        (folders if is_folder else files).append(name)
+        if len(files) > limit:
+            return files
+    holding = {str(parent) for name in files + folders for parent in PurePosixPath(name).parents}
+    return files + [name for name in folders if name not in holding]
 
 
 # --------------------------------------------------------------------------- dangerous targets

@@ -200,7 +200,7 @@ def _start_generate(out: Path) -> subprocess.Popen:
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
-        staged = list(out.parent.glob(f".{out.name}.tmp-{child.pid}-*/counterfactual.h5ad"))
+        staged = list(out.parent.glob(f".{out.name}.tmp-*/counterfactual.h5ad"))
         if staged:
             time.sleep(0.3)  # into the count pass
             return child
