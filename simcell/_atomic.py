@@ -253,6 +253,12 @@ def clean_stale_staging(parent: Path) -> list[Path]:
     return removed
 
 
+def _mark(folder: Path) -> None:
+    """Write simcell's staging marker: ``folder`` is this run's, to be removed if it dies."""
+    marker = {"format": _STAGING_FORMAT, "pid": os.getpid(), "host": socket.gethostname()}
+    (folder / STAGING_MARKER).write_text(json.dumps(marker))
+
+
 def _make_staging(target: Path) -> Path:
     parent = target.parent
     try:
@@ -265,8 +271,7 @@ def _make_staging(target: Path) -> Path:
                 break
             except FileExistsError:
                 continue
-        marker = {"format": _STAGING_FORMAT, "pid": os.getpid(), "host": socket.gethostname()}
-        (staging / STAGING_MARKER).write_text(json.dumps(marker))
+        _mark(staging)
         os.chmod(staging, folder_mode())
     except OSError as error:
         raise SimcellError(f"cannot write to {parent}: {error.strerror}") from None
@@ -287,6 +292,8 @@ def _plan(target: Path, shown: Path, ownership: Ownership, overwrite: bool) -> _
     if not target.exists():
         return _Plan("create", frozenset(), ())
     owned = ownership.claim(target)
+    if owned is not None:
+        owned |= {STAGING_MARKER}  # left by a run killed just after it published
     foreign = tuple(_foreign(target, owned or frozenset(), limit=_COUNT_LIMIT))
     if owned is None and not foreign:
         return _Plan("create", frozenset(), ())  # an empty folder
@@ -358,7 +365,7 @@ def _merge(staging: Path, target: Path, plan: _Plan, ownership: Ownership) -> No
         ):
             _keep_aside(destination, kept)  # a foreign file with simcell's name
         os.replace(staging / name, destination)
-    _remove_owned(target, plan.owned - files - {STAGING_MARKER})
+    _remove_owned(target, plan.owned - files)
     if kept:
         logger.warning(
             "kept %d file(s) in %s that simcell did not write under new names: %s",
@@ -369,6 +376,9 @@ def _merge(staging: Path, target: Path, plan: _Plan, ownership: Ownership) -> No
 
 
 def _publish(staging: Path, target: Path, shown: Path, ownership: Ownership, overwrite: bool):
+    """Move ``staging`` to ``target`` as :func:`_plan` decides. Whenever the
+    process may die, every folder it leaves beside ``target`` carries the staging
+    marker, and a marker left inside ``target`` counts as simcell's own file."""
     raise_if_stopped()
     plan = _plan(target, shown, ownership, overwrite)
     if plan.action == "merge":
@@ -376,26 +386,26 @@ def _publish(staging: Path, target: Path, shown: Path, ownership: Ownership, ove
         # proof of ownership: this process created ``staging``; only its marker is left
         shutil.rmtree(staging, ignore_errors=True)
         return
-    (staging / STAGING_MARKER).unlink()
-    if plan.action == "create":
-        os.replace(staging, target)  # rename onto a missing or empty folder
-        return
     retired = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    os.replace(target, retired)
+    if plan.action == "replace":
+        _mark(target)  # the old output, proven simcell's, becomes this run's to remove
+        os.replace(target, retired)
     try:
-        marker = {"format": _STAGING_FORMAT, "pid": os.getpid(), "host": socket.gethostname()}
-        (retired / STAGING_MARKER).write_text(json.dumps(marker))
-        os.replace(staging, target)
+        os.replace(staging, target)  # onto a missing or empty folder
     except BaseException:
-        if not target.exists():
+        if plan.action == "replace" and not os.path.lexists(target):
             os.replace(retired, target)
+            # proof of ownership: the staging marker this process wrote a moment ago
             (target / STAGING_MARKER).unlink(missing_ok=True)
         raise
-    _remove_owned(retired, plan.owned | {STAGING_MARKER})
-    try:
-        retired.rmdir()
-    except OSError:
-        logger.warning("left %s: it holds files simcell did not write", retired)
+    # proof of ownership: the staging marker this process wrote into its staging folder
+    (target / STAGING_MARKER).unlink(missing_ok=True)
+    if plan.action == "replace":
+        _remove_owned(retired, plan.owned)
+        try:
+            retired.rmdir()
+        except OSError:
+            logger.warning("left %s: it holds files simcell did not write", retired)
 
 
 @contextlib.contextmanager

@@ -264,3 +264,18 @@ def test_published_folder_gets_the_umask_mode(tmp_path):
     assert (tmp_path / "a" / "sub").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a" / "x.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_staging_marker_left_in_an_own_output_is_not_foreign(tmp_path):
+    # a run killed between publishing and removing its marker leaves the marker inside
+    target = tmp_path / "out"
+    _publish(target, {"a.txt": "1"})
+    (target / STAGING_MARKER).write_text("{}")
+    _publish(target, {"a.txt": "2"})
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", MARKER]
+    # in a folder simcell cannot prove it wrote, it proves nothing
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / STAGING_MARKER).write_text("{}")
+    with pytest.raises(SimcellError, match="holds 1 file"):
+        _publish(other, {"a.txt": "1"})
