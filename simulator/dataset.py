@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 import simcell
 from simcell import SimcellError
+from simcell._device import resolve_device
 from simcell.simulator._rng import CELL_BLOCK, stream
 from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
 from simcell.simulator.corrupt import CorruptionRecord, corrupt
@@ -493,25 +494,6 @@ def count_job(
         n_genes=params.n_genes,
         device=resolve_device(device),
     )
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    if device == "cpu":
-        return "cpu"
-    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
-        raise SimcellError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    try:
-        import torch
-    except ImportError:
-        if device == "auto":
-            return "cpu"
-        raise SimcellError("device 'cuda' needs torch") from None
-    if torch.cuda.is_available():
-        return "cuda" if device == "auto" else device
-    if device == "auto":
-        return "cpu"
-    raise SimcellError(f"device {device!r} requested but torch sees no CUDA GPU")
 
 
 class CSRBuilder:
