@@ -27,7 +27,12 @@ from simcell.simulator.counts import (
     to_csr,
     world_arrays,
 )
-from simcell.simulator.params import InterventionMode, SimulationParams
+from simcell.simulator.params import (
+    MAX_COUNT,
+    InterventionMode,
+    SimulationParams,
+    check_memory,
+)
 from simcell.simulator.tasks import SPLIT_LABELS, Task, make_tasks
 from simcell.simulator.world import World, draw_world
 
@@ -230,6 +235,8 @@ def _evaluate_requests(
 
 def _csr_int32(matrix: sp.csr_matrix) -> sp.csr_matrix:
     matrix = sp.csr_matrix(matrix)
+    if matrix.data.dtype != np.int32 and matrix.nnz and matrix.data.max() > MAX_COUNT:
+        raise SimcellError(f"a count ({matrix.data.max()}) does not fit int32; refusing to wrap it")
     matrix.data = matrix.data.astype(np.int32, copy=False)
     matrix.indices = matrix.indices.astype(np.int32, copy=False)
     return matrix
@@ -306,6 +313,9 @@ def simulate(
     -------
     Dataset
     """
+    check_memory(
+        params, chunk_size=chunk_size, n_threads=_threads(n_threads), counts_in_memory=True
+    )
     dataset, request = prepare(params, seed, scenario)
     job = count_job(params, dataset.world, dataset.cells, seed, request, device)
     factual_counts = CSRBuilder(params.n_cells, params.n_genes)

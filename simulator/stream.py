@@ -35,11 +35,12 @@ from simcell.simulator.dataset import (
     Dataset,
     Engine,
     Progress,
+    _threads,
     count_job,
     count_pass,
     prepare,
 )
-from simcell.simulator.params import SimulationParams
+from simcell.simulator.params import SimulationParams, check_memory
 
 _H5_CHUNK = 1 << 20
 
@@ -103,6 +104,7 @@ def generate_bundle(
         The dataset's metadata (world, cells, tasks) with ``X`` left empty; the
         counts are in the bundle, and ``Dataset.counterfactual`` still works.
     """
+    check_memory(params, chunk_size=chunk_size, n_threads=_threads(n_threads))
     dataset, request = prepare(params, seed, scenario)
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir)
