@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
+import anndata as ad
+import h5py
 import numpy as np
 import pytest
 from scipy import stats
 
-from simcell import SimcellError, scenarios
-from simcell.simulator import SimulationParams, generate_bundle, simulate
+from simcell import SimcellError, SimcellWarning, scenarios
+from simcell.simulator import SimulationParams, generate_bundle, read_bundle, simulate
+from simcell.simulator.bundle import bundle_identity, file_checksum
 from simcell.simulator.counts import RowBatch, evaluate_counts, settle_counts
 from simcell.simulator.params import MAX_COUNT, memory_estimate
 
@@ -139,3 +143,105 @@ def test_the_memory_estimate_bounds_the_measured_peak():
     peak = int(out.stdout.split()[-1])
     estimate = memory_estimate(scenarios.load("synthetic2", **sizes), n_threads=1)
     assert peak <= estimate <= 4 * peak, (peak, estimate)
+
+
+# ---------------------------------------------------------------- tampered bundles
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A small bundle as ``simcell generate`` writes it (streamed)."""
+    path = tmp_path_factory.mktemp("pristine") / "bundle"
+    generate_bundle(scenarios.load("synthetic2", **SMALL, n_tasks=2), 5, path, n_threads=1)
+    return path
+
+
+@pytest.fixture()
+def bundle(pristine, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _rewrite_manifest(path, manifest, *, checksums=False, identity=False):
+    """Write ``manifest``, optionally re-sealing it the way simcell would."""
+    if checksums:
+        manifest["checksums"] = {
+            name: file_checksum(path / name) for name in ("factual.h5ad", "counterfactual.h5ad")
+        }
+    if identity:
+        manifest["identity"] = bundle_identity(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_uns(path, key, value):
+    factual = ad.read_h5ad(path / "factual.h5ad")
+    meta = factual.uns["simcell"]
+    (meta["params"] if key == "noise_sd" else meta)[key] = value
+    factual.write_h5ad(path / "factual.h5ad")
+
+
+def test_an_untouched_bundle_verifies_and_has_an_identity(pristine):
+    read = read_bundle(pristine)
+    manifest = _manifest(pristine)
+    assert read.identity == manifest["identity"] == bundle_identity(manifest)
+    assert len(read.identity) == 64
+    # the identity covers what the bundle is: another seed is another bundle
+    assert bundle_identity({**manifest, "seed": 6}) != read.identity
+
+
+def test_a_wrong_checksum_in_the_manifest_is_refused(bundle):
+    manifest = _manifest(bundle)
+    manifest["checksums"]["factual.h5ad"] = "0" * 64
+    _rewrite_manifest(bundle, manifest)
+    with pytest.raises(SimcellError, match="manifest.json was edited"):
+        read_bundle(bundle)
+    _rewrite_manifest(bundle, manifest, identity=True)  # re-sealed: the file check catches it
+    with pytest.raises(SimcellError, match="factual.h5ad does not match its checksum"):
+        read_bundle(bundle)
+    read_bundle(bundle, verify=False)  # unverified on request
+
+
+def test_edited_counts_are_refused(bundle):
+    with h5py.File(bundle / "factual.h5ad", "r+") as handle:
+        handle["X/data"][0] += 1
+    with pytest.raises(SimcellError, match="factual.h5ad does not match its checksum"):
+        read_bundle(bundle)
+    with h5py.File(bundle / "counterfactual.h5ad", "r+") as handle:
+        handle["X/data"][0] += 1
+    _rewrite_manifest(bundle, _manifest(bundle) | {"checksums": {}}, checksums=False)
+    with pytest.raises(SimcellError, match="no checksums"):
+        read_bundle(bundle)
+
+
+@pytest.mark.parametrize(("key", "value"), [("scenario", "synthetic3"), ("noise_sd", 0.5)])
+def test_an_edited_uns_is_refused(bundle, key, value):
+    _edit_uns(bundle, key, value)
+    with pytest.raises(SimcellError, match="factual.h5ad does not match its checksum"):
+        read_bundle(bundle)
+    # even with the checksums and the identity re-sealed, uns disagrees with the manifest
+    _rewrite_manifest(bundle, _manifest(bundle), checksums=True, identity=True)
+    with pytest.raises(SimcellError, match=rf"uns\['simcell'\].*{key}.*manifest says"):
+        read_bundle(bundle)
+    assert read_bundle(bundle, verify=False).factual.uns["simcell"]
+    params = read_bundle(bundle, verify=False).factual.uns["simcell"]["params"]
+    assert key == "scenario" or params["noise_sd"] == value
+
+
+def test_a_truncated_file_is_named(bundle):
+    data = (bundle / "factual.h5ad").read_bytes()
+    (bundle / "factual.h5ad").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SimcellError, match="factual.h5ad does not match its checksum"):
+        read_bundle(bundle)
+    with pytest.raises(SimcellError, match=r"cannot read .*factual.h5ad \(truncated"):
+        read_bundle(bundle, verify=False)
+
+
+def test_a_manifest_without_identity_is_read_with_a_warning(bundle):
+    manifest = _manifest(bundle)
+    del manifest["identity"]
+    _rewrite_manifest(bundle, manifest)
+    with pytest.warns(SimcellWarning, match="no identity"):
+        read_bundle(bundle)
