@@ -23,6 +23,8 @@ from simcell.simulator.dataset import Dataset
 FACTUAL = "factual.h5ad"
 COUNTERFACTUAL = "counterfactual.h5ad"
 MANIFEST = "manifest.json"
+#: where ``simcell generate`` writes bundles (and ``simcell evaluate`` looks) by default
+DATA_ROOT = Path("simcell-data")
 
 
 @dataclass(frozen=True, eq=False)

@@ -122,6 +122,14 @@ class SimulationParams:
                 f"concept, e.g. {list(('binary',) * self.n_concepts)!r} for "
                 f"n_concepts={self.n_concepts}; got the string {self.concept_kinds!r}"
             )
+        for name, what in (
+            ("concept_kinds", "'binary' / 'continuous' per concept"),
+            ("concept_edges", "[parent, child, weight] per edge"),
+        ):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise SimcellError(f"{name} must be a list of {what}, got {getattr(self, name)!r}")
+        if not isinstance(self.description, str):
+            raise SimcellError(f"description must be a string, got {self.description!r}")
         object.__setattr__(self, "concept_kinds", tuple(self.concept_kinds))
         object.__setattr__(
             self,
