@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,16 +217,34 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
         raise SimcellError(f"cannot read {path / MANIFEST}: {error}") from None
     if not isinstance(manifest, dict):
         raise SimcellError(f"{path / MANIFEST} is not a simcell manifest (not a JSON object)")
-    if verify:
-        _verify_files(path, manifest)
-    factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
-    counterfactual = _read_h5ad(path / COUNTERFACTUAL)
-    if verify:
-        _verify_metadata(path, manifest, factual)
+    if not verify:
+        factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
+        return Bundle(path, factual, _read_h5ad(path / COUNTERFACTUAL), manifest)
+    _verify_manifest(path, manifest)
+    # hashing releases the GIL: the checksums stream on their own threads while
+    # h5py loads the files, and nothing read is returned unless they match
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = {name: pool.submit(file_checksum, path / name) for name in _FILES}
+        try:
+            factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
+            counterfactual = _read_h5ad(path / COUNTERFACTUAL)
+            unreadable = None
+        except SimcellError as error:
+            unreadable = error
+        for name in _FILES:  # a damaged file is reported as failing its checksum first
+            if digests[name].result() != manifest["checksums"][name]:
+                raise SimcellError(
+                    f"{path / name} does not match its checksum in the manifest "
+                    f"(edited or damaged); {_SKIP}"
+                )
+    if unreadable is not None:
+        raise unreadable
+    _verify_metadata(path, manifest, factual)
     return Bundle(path=path, factual=factual, counterfactual=counterfactual, manifest=manifest)
 
 
 _SKIP = "pass verify=False (simcell evaluate --no-verify) to read it anyway"
+_FILES = (FACTUAL, COUNTERFACTUAL)
 
 
 def _read_h5ad(path: Path, backed: str | None = None) -> ad.AnnData:
@@ -238,10 +257,10 @@ def _read_h5ad(path: Path, backed: str | None = None) -> ad.AnnData:
         ) from None
 
 
-def _verify_files(path: Path, manifest: dict) -> None:
-    """The manifest against its identity, then each file against its checksum."""
+def _verify_manifest(path: Path, manifest: dict) -> None:
+    """The manifest has both checksums and matches its own identity."""
     checksums = manifest.get("checksums")
-    if not isinstance(checksums, dict) or set(checksums) != {FACTUAL, COUNTERFACTUAL}:
+    if not isinstance(checksums, dict) or set(checksums) != set(_FILES):
         raise SimcellError(f"{path / MANIFEST} has no checksums of {FACTUAL} and {COUNTERFACTUAL}")
     if "identity" not in manifest:
         warnings.warn(
@@ -254,12 +273,6 @@ def _verify_files(path: Path, manifest: dict) -> None:
         raise SimcellError(
             f"{path / MANIFEST} was edited: its content no longer matches its identity; {_SKIP}"
         )
-    for name in (FACTUAL, COUNTERFACTUAL):
-        if file_checksum(path / name) != checksums[name]:
-            raise SimcellError(
-                f"{path / name} does not match its checksum in the manifest "
-                f"(edited or damaged); {_SKIP}"
-            )
 
 
 def _verify_metadata(path: Path, manifest: dict, factual: ad.AnnData) -> None:
