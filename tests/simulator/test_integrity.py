@@ -85,8 +85,16 @@ def test_the_kernel_never_wraps_a_count():
         library_size=np.zeros(1),
         concepts=np.zeros((1, 1)),
     )
+    noise = (np.zeros((1, 1), np.float32), np.full((1, 1), 0.5))
     with pytest.raises(SimcellError, match="does not fit"):
-        evaluate_counts(arrays, rows, np.zeros((1, 1), np.float32), np.full((1, 1), 0.5))
+        evaluate_counts(arrays, rows, *noise)
+    # the torch twin (here on the CPU) settles large rates the same way
+    import torch
+
+    from simcell.simulator._torch_counts import evaluate_counts_torch
+
+    with pytest.raises(SimcellError, match="does not fit"):
+        evaluate_counts_torch(arrays, rows, *noise, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- sizes and memory
