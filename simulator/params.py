@@ -364,14 +364,17 @@ def _check_float(
 
 
 # ---------------------------------------------------------------------- resources
-# measured peaks of a streamed generation (ru_maxrss, 2e5-8e5 cells), rounded up:
-# per cell ~750 B of state + ~500 B of h5ad metadata, ~35 B per concept and
-# ~95 B per task (split columns and twins); per count in flight, the noise
-# (float32 + float64), the dense int32 block and its CSR copy
+# measured peaks of a streamed generation (ru_maxrss), rounded up: per cell
+# ~750 B of state + ~500 B of h5ad metadata, ~35 B per concept and ~95 B per
+# task (split columns and twins), at 2e5-8e5 cells; per entry of the chunk being
+# counted ~80 B (noise drawn block by block, float32 residual + float64 uniform,
+# dense int32 counts, CSR copies, h5 buffers) and ~40 B more per extra thread,
+# at 20,000 x 2,000 with 1 and 2 threads
 _BYTES_PER_CELL = 1_400
 _BYTES_PER_CELL_CONCEPT = 40
 _BYTES_PER_CELL_TASK = 100
-_BYTES_PER_CHUNK_ENTRY = 32
+_BYTES_PER_CHUNK_ENTRY = 80
+_BYTES_PER_THREAD_ENTRY = 40
 _BYTES_PER_STORED_COUNT = 8  # int32 data + int32 index
 
 
@@ -390,7 +393,7 @@ def memory_estimate(
     chunk_size : int
         Cells evaluated together (rounded up to whole blocks of 256 cells).
     n_threads : int
-        Worker threads: each keeps up to two chunks in flight.
+        Worker threads counting chunks at once.
     counts_in_memory : bool
         The counts are kept in memory (``simulate``) rather than streamed to
         disk (``generate_bundle``); every entry is counted as stored.
@@ -410,8 +413,8 @@ def memory_estimate(
     groups = 1 + params.n_batches + params.n_tissues + params.n_cell_types + params.n_concepts
     world = 3 * 8 * n_genes * groups
     rows = min(n_cells, max(CELL_BLOCK, -(-int(chunk_size) // CELL_BLOCK) * CELL_BLOCK))
-    in_flight = 1 if n_threads <= 1 else 2 * n_threads + 1
-    chunks = _BYTES_PER_CHUNK_ENTRY * rows * n_genes * in_flight
+    per_entry = _BYTES_PER_CHUNK_ENTRY + _BYTES_PER_THREAD_ENTRY * (max(1, n_threads) - 1)
+    chunks = per_entry * rows * n_genes
     stored = _BYTES_PER_STORED_COUNT * n_cells * n_genes if counts_in_memory else 0
     return n_cells * per_cell + world + chunks + stored
 
