@@ -7,17 +7,7 @@ from pathlib import Path
 
 import click
 
-from simcell import SimcellError
 from simcell.cli._errors import user_errors
-from simcell.cli.generate import DATA_ROOT
-
-
-def latest_bundle(root: Path = DATA_ROOT) -> Path:
-    """The bundle most recently written under ``root``."""
-    manifests = sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    if not manifests:
-        raise SimcellError(f"no bundle under {root}/; run 'simcell generate' or pass BUNDLE")
-    return manifests[-1].parent
 
 
 @click.command()
@@ -25,7 +15,9 @@ def latest_bundle(root: Path = DATA_ROOT) -> Path:
     "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @click.option(
-    "--models", default=None, help="Comma-separated model names  [default: the default set]"
+    "--models",
+    default=None,
+    help='Comma-separated model names; "" for none  [default: the default set]',
 )
 @click.option(
     "--predictions",
@@ -46,6 +38,11 @@ def latest_bundle(root: Path = DATA_ROOT) -> Path:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--tasks", default=None, help="Comma-separated subset of tasks.")
 @click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Read the bundle without checking its manifest, checksums and metadata.",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -57,56 +54,32 @@ def latest_bundle(root: Path = DATA_ROOT) -> Path:
     is_flag=True,
     help="Write into a folder holding other files: replace simcell's own, keep the rest.",
 )
-def evaluate(bundle, models, predictions, preset, device, seed, tasks, out, overwrite):
+def evaluate(bundle, models, predictions, preset, device, seed, tasks, no_verify, out, overwrite):
     """Train and score models (and/or predictions) on a bundle's tasks."""
-    from simcell.evaluation import evaluate as run_evaluation
-    from simcell.evaluation import summary_markdown, write_report
-    from simcell.evaluation.report import check_report_dir
+    from simcell.evaluation import summary_markdown
+    from simcell.evaluation.run import plan_evaluation, run_evaluation
 
     started = time.perf_counter()
     with user_errors():
-        bundle = bundle or latest_bundle()
-        out = out or bundle.resolve().with_name(bundle.resolve().name + "-evaluation")
-        check_report_dir(out, overwrite=overwrite, protect=[bundle])  # before any training
-        names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-        if preset == "auto":
-            import torch
-
-            on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-            preset = "paper" if on_gpu else "fast"
-        if preset == "fast" and device != "cuda":
+        plan = plan_evaluation(
+            bundle,
+            models=models,
+            predictions=predictions,
+            preset=preset,
+            device=device,
+            seed=seed,
+            tasks=tasks,
+            out=out,
+            verify=not no_verify,
+            overwrite=overwrite,
+        )
+        if plan.preset == "fast" and plan.device == "cpu":
             import torch
 
             # small networks: one thread avoids the oversubscription that makes
             # them 10x slower on a busy 2-core machine (the only global state
             # simcell touches, and only here, in the command's entry point)
             torch.set_num_threads(1)
-        task_list = [t.strip() for t in tasks.split(",")] if tasks else None
-        results = run_evaluation(
-            bundle,
-            names,
-            predictions,
-            preset=preset,
-            device=device,
-            seed=seed,
-            tasks=task_list,
-            progress=lambda message: click.echo(message, err=True),
-        )
-        from simcell.models import DEFAULT_MODELS, get_preset
-
-        trained = list(DEFAULT_MODELS if names is None else names)
-        config = {
-            "bundle": str(bundle),
-            "models": names,
-            # the hyperparameters every model was trained with, next to its scores
-            "model_configs": {name: get_preset(name, preset).to_dict() for name in trained},
-            "predictions": str(predictions or ""),
-            "preset": preset,
-            "device": device,
-            "seed": seed,
-            "tasks": task_list,
-        }
-        title = f"simcell evaluation of {bundle}"
-        write_report(results, config, out, title, overwrite=overwrite, protect=[bundle])
-    click.echo(summary_markdown(results, title))
-    click.echo(f"Evaluated in {time.perf_counter() - started:.0f} s; report written to {out}.")
+        results = run_evaluation(plan, progress=lambda message: click.echo(message, err=True))
+    click.echo(summary_markdown(results, plan.title))
+    click.echo(f"Evaluated in {time.perf_counter() - started:.0f} s; report written to {plan.out}.")

@@ -11,8 +11,7 @@ import click
 from simcell import scenarios as scenario_presets
 from simcell.cli._errors import user_errors
 from simcell.simulator import generate_bundle
-
-DATA_ROOT = Path("simcell-data")
+from simcell.simulator.bundle import DATA_ROOT
 
 
 @click.command()

@@ -7,7 +7,6 @@ from simcell.evaluation.harness import (
     evaluate,
     oracle_inputs,
     oracle_prediction,
-    read_predictions,
     task_data,
 )
 from simcell.evaluation.metrics import (
@@ -23,6 +22,7 @@ from simcell.evaluation.metrics import (
     sinkhorn_divergence,
 )
 from simcell.evaluation.oracle import OracleInputs, oracle_counterfactual
+from simcell.evaluation.predictions import read_predictions
 from simcell.evaluation.preprocess import Preprocessor, lognormalise
 from simcell.evaluation.report import summary_markdown, write_report
 

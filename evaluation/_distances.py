@@ -24,7 +24,8 @@ import ot
 import torch
 from scipy.spatial.distance import pdist
 
-from simcell import SimcellError, SimcellWarning
+from simcell import SimcellWarning
+from simcell._device import resolve_device as _resolve_device
 
 TileReduction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,21 +42,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     Parameters
     ----------
     device : str or torch.device
-        ``"auto"`` picks CUDA when available, the CPU otherwise.
+        ``"auto"`` picks CUDA when available, the CPU otherwise (see
+        :func:`simcell._device.resolve_device`, the one resolver).
 
     Returns
     -------
     torch.device
     """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise SimcellError(f"device must be 'auto', 'cpu' or 'cuda[:i]'; got {device!r}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SimcellError(f"device={device!r} was requested but CUDA is not available")
-    return resolved
+    return torch.device(_resolve_device(device))
 
 
 def default_block_size(device: torch.device) -> int:

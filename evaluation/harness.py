@@ -8,7 +8,6 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -18,6 +17,7 @@ import scipy.sparse as sp
 from simcell import SimcellError, SimcellWarning
 from simcell.evaluation import metrics as m
 from simcell.evaluation.oracle import OracleInputs, oracle_counterfactual
+from simcell.evaluation.predictions import _brought_genes, read_predictions
 from simcell.evaluation.preprocess import Preprocessor
 from simcell.simulator import Bundle, read_bundle
 
@@ -605,83 +605,3 @@ def add_gap_closed(table: pd.DataFrame) -> pd.DataFrame:
     if not extra:
         return table
     return pd.concat([table, pd.DataFrame(extra, columns=RESULT_COLUMNS)], ignore_index=True)
-
-
-# ----------------------------------------------------------------------------- predictions
-SPACES = ("counts", "lognorm")
-
-
-def read_predictions(source: str | os.PathLike | ad.AnnData, bundle: Bundle) -> ad.AnnData:
-    """Read and validate predictions brought as an h5ad file.
-
-    The file has one row per counterfactual row of the bundle (``obs``: ``task``,
-    ``source_cell``), the bundle's genes as ``var_names`` (any order) and
-    ``uns["space"]`` = ``"counts"`` or ``"lognorm"``.
-
-    Raises
-    ------
-    SimcellError
-        Naming missing or extra cells or genes, non-finite values or a wrong space.
-    """
-    if isinstance(source, ad.AnnData):
-        adata = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise SimcellError(f"predictions file not found: {path}")
-        try:
-            adata = ad.read_h5ad(path)
-        except Exception as error:  # h5py / anndata raise many types on a bad file
-            raise SimcellError(f"cannot read predictions {path}: {error}") from None
-    space = adata.uns.get("space")
-    if space not in SPACES:
-        raise SimcellError(
-            f"predictions: uns['space'] must be 'counts' or 'lognorm', got {space!r}"
-        )
-    for column in ("task", "source_cell"):
-        if column not in adata.obs:
-            raise SimcellError(f"predictions: obs has no {column!r} column")
-    truth = bundle.counterfactual.obs
-    expected = set(zip(truth["task"].astype(str), truth["source_cell"].astype(str), strict=True))
-    keys = list(
-        zip(adata.obs["task"].astype(str), adata.obs["source_cell"].astype(str), strict=True)
-    )
-    if len(set(keys)) != len(keys):
-        raise SimcellError("predictions: duplicated (task, source_cell) rows")
-    missing, extra = expected - set(keys), set(keys) - expected
-    if missing:
-        raise SimcellError(f"predictions: {len(missing)} cells missing, e.g. {sorted(missing)[:3]}")
-    if extra:
-        raise SimcellError(f"predictions: {len(extra)} unknown cells, e.g. {sorted(extra)[:3]}")
-    genes = set(bundle.factual.var_names)
-    given = set(adata.var_names)
-    if genes - given:
-        raise SimcellError(
-            f"predictions: {len(genes - given)} genes missing, e.g. {sorted(genes - given)[:3]}"
-        )
-    if given - genes:
-        raise SimcellError(
-            f"predictions: {len(given - genes)} unknown genes, e.g. {sorted(given - genes)[:3]}"
-        )
-    values = _dense(adata.X)
-    if not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        raise SimcellError(f"predictions: {bad} NaN or infinite values")
-    if (values < 0).any():
-        raise SimcellError("predictions: negative values (neither counts nor lognorm)")
-    if space == "counts" and not np.allclose(values, np.round(values)) and values.max() < 30:
-        raise SimcellError("predictions: uns['space'] is 'counts' but values look log-normalised")
-    if space == "lognorm" and values.max() > 50:
-        raise SimcellError("predictions: uns['space'] is 'lognorm' but values look like counts")
-    out = adata[:, bundle.factual.var_names].copy()
-    out.X = values[:, adata.var_names.get_indexer(bundle.factual.var_names)]
-    return out
-
-
-def _brought_genes(brought: ad.AnnData, data: TaskData, factual: ad.AnnData, pre) -> np.ndarray:
-    names = factual.obs_names[data.intervene]
-    rows = brought.obs.reset_index(drop=True)
-    mask = (rows["task"].astype(str) == data.name).to_numpy()
-    index = pd.Index(rows.loc[mask, "source_cell"].astype(str)).get_indexer(names)
-    values = np.asarray(brought.X)[np.flatnonzero(mask)[index]]
-    return pre.lognorm(values) if brought.uns["space"] == "counts" else values.astype(np.float64)

@@ -195,15 +195,32 @@ def load_model(
     Raises
     ------
     simcell.SimcellError
-        If the file is not a simcell model checkpoint.
+        If the file is missing, unreadable, not a simcell model checkpoint or
+        damaged (missing keys, weights that do not fit the model); the message
+        names the file.
     """
     payload = load_checkpoint(path)
+    where = repr(os.fspath(path))
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise SimcellError(f"{os.fspath(path)!r} is not a simcell model checkpoint")
-    model_class = get_model_class(payload["model"])
-    config = model_class.config_class.from_dict(_plain(payload["config"]))
-    model = model_class(config, device=device, seed=payload["seed"], progress_bar=progress_bar)
-    model._set_state(payload["state"])
+        raise SimcellError(f"{where} is not a simcell model checkpoint")
+    missing = [key for key in ("model", "config", "seed", "state") if key not in payload]
+    if missing:
+        raise SimcellError(f"{where}: damaged model checkpoint, no {', '.join(missing)}")
+    if not isinstance(payload["model"], str) or not isinstance(payload["config"], Mapping):
+        raise SimcellError(f"{where}: damaged model checkpoint (model name or config)")
+    try:
+        model_class = get_model_class(payload["model"])
+        config = model_class.config_class.from_dict(_plain(payload["config"]))
+        model = model_class(config, device=device, seed=payload["seed"], progress_bar=progress_bar)
+        model._set_state(payload["state"])
+    except SimcellError as error:
+        raise SimcellError(f"{where}: {error}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        # a payload that passed the format check but does not fit the model
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise SimcellError(
+            f"{where}: damaged model checkpoint ({type(error).__name__}: {reason})"
+        ) from None
     return model
 
 

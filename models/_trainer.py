@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from simcell import SimcellError
+from simcell._device import resolve_device as _resolve_device
 
 from ._config import NeuralConfig
 from ._nn import SeededDropout
@@ -48,33 +49,20 @@ __all__ = [
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn a device request into a ``torch.device``.
+    """Turn a device request into a ``torch.device`` (see :func:`simcell._device.resolve_device`).
 
     Parameters
     ----------
     device : str or torch.device
         ``"auto"`` picks CUDA when ``torch.cuda.is_available()`` and the CPU
-        otherwise; anything else is passed to ``torch.device``.
+        otherwise; ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
 
     Raises
     ------
     simcell.SimcellError
         For an unknown device string, or CUDA requested where none is present.
     """
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise SimcellError(
-                f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
-            ) from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SimcellError(f"device {str(resolved)!r} requested but CUDA is not available")
-    return resolved
+    return torch.device(_resolve_device(device))
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -420,8 +408,22 @@ def load_checkpoint(
 
     Uses ``torch.load(..., weights_only=True)``, so a checkpoint can never run
     code on load.
+
+    Raises
+    ------
+    simcell.SimcellError
+        If the file is missing, is not a torch file, holds anything but plain
+        data (a pickled object is refused without being run) or is not a dict.
     """
-    payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise SimcellError(f"checkpoint not found: {os.fspath(path)}") from None
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SimcellError(
+            f"{os.fspath(path)!r} is not a readable simcell checkpoint ({reason})"
+        ) from None
     if not isinstance(payload, dict):
         raise SimcellError(f"{os.fspath(path)!r} is not a simcell checkpoint")
     return payload

@@ -66,8 +66,11 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
     name = label if label in available() else Path(label).stem
     try:
         return SimulationParams(**data), name
-    except TypeError as error:  # pragma: no cover - guarded by the key check above
-        raise SimcellError(f"scenario {name_or_path}: {error}") from None
+    except (SimcellError, TypeError) as error:  # name where the bad value came from
+        text = str(error)
+        field = max((k for k in field_names() if text.startswith(k)), key=len, default=None)
+        source = "override" if field in overrides else f"scenario {label}"
+        raise SimcellError(f"{source}: {text}") from None
 
 
 def load(name_or_path: str, **overrides: Any) -> SimulationParams:

@@ -5,7 +5,7 @@ Public API: :func:`simulate`, :class:`Dataset`, :func:`poisson_ppf`,
 and :class:`SimulationParams`.
 """
 
-from simcell.simulator.bundle import Bundle, read_bundle, write_bundle
+from simcell.simulator.bundle import Bundle, bundle_identity, read_bundle, write_bundle
 from simcell.simulator.cells import CellStates, solve_concepts
 from simcell.simulator.corrupt import CorruptionRecord, corrupt
 from simcell.simulator.dataset import Dataset, simulate
@@ -23,6 +23,7 @@ __all__ = [
     "SimulationParams",
     "Task",
     "World",
+    "bundle_identity",
     "corrupt",
     "draw_world",
     "generate_bundle",

@@ -16,7 +16,7 @@
   uncertain;
 * uncertain elements are moved to the CPU and settled as ``evaluate_counts``
   settles them: their rates are recomputed by the same compiled ``_rates_at``
-  and answered by ``_ppf_flat``.
+  and answered by ``counts.settle_counts`` (``_ppf_flat``, checked to fit int32).
 
 The one possible difference is ``exp``: torch's exp (Sleef on CPU, libdevice on
 CUDA) may differ from the libm exp numba calls by an ulp, so λ and e^{-λ} may
@@ -34,12 +34,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from simcell.simulator.counts import RowBatch, _rates_at
+from simcell.simulator.counts import RowBatch, _rates_at, settle_counts
 from simcell.simulator.poisson import (
     _CERTIFY_TOL,
     _SEQUENTIAL_MAX_RATE,
     _UNCERTAIN,
-    _ppf_flat,
 )
 
 #: elements (rows x genes) evaluated together on the device, bounding its memory
@@ -227,5 +226,5 @@ def evaluate_counts_torch(
             residual,
         )
         q = uniform[local[uncertain_rows], uncertain_genes]
-        out[uncertain_rows, uncertain_genes] = _ppf_flat(np.ascontiguousarray(q), rates)
+        out[uncertain_rows, uncertain_genes] = settle_counts(np.ascontiguousarray(q), rates)
     return out

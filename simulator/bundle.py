@@ -5,19 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
+import numpy as np
 
 import simcell
-from simcell import SimcellError
+from simcell import SimcellError, SimcellWarning
 from simcell._atomic import Ownership, atomic_output, read_marker, safe_relative
 from simcell.simulator.dataset import Dataset
 
 FACTUAL = "factual.h5ad"
 COUNTERFACTUAL = "counterfactual.h5ad"
 MANIFEST = "manifest.json"
+#: where ``simcell generate`` writes bundles (and ``simcell evaluate`` looks) by default
+DATA_ROOT = Path("simcell-data")
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,19 +44,63 @@ class Bundle:
     counterfactual: ad.AnnData
     manifest: dict
 
+    @property
+    def identity(self) -> str:
+        """:func:`bundle_identity` of the manifest (what predictions store as
+        ``uns["simcell_bundle"]``)."""
+        return bundle_identity(self.manifest)
+
+
+#: the manifest keys its ``identity`` covers: everything that says what the bundle is
+IDENTITY_KEYS = (
+    "format",
+    "simcell_version",
+    "scenario",
+    "seed",
+    "params",
+    "n_cells",
+    "n_genes",
+    "tasks",
+    "checksums",
+)
+
 
 def file_checksum(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file, hex, streamed (constant memory whatever the file's size)."""
     with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(piece)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def bundle_identity(manifest: Mapping[str, Any]) -> str:
+    """The identity of a bundle: SHA-256 of its manifest's content, hex.
+
+    The hash of the canonical JSON of the manifest's :data:`IDENTITY_KEYS`
+    (format, version, scenario, seed, parameters, sizes, tasks and the files'
+    checksums). Two bundles share an identity only if their files are the same
+    bytes and they were made from the same scenario, parameters and seed.
+    ``write_bundle`` stores it as ``manifest["identity"]``, which protects the
+    manifest itself (an edited checksum or parameter no longer matches it), and
+    predictions carry it as ``uns["simcell_bundle"]`` to name the bundle they
+    were made on.
+
+    Parameters
+    ----------
+    manifest : mapping
+        A bundle's manifest (``Bundle.manifest`` or the parsed ``manifest.json``).
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    content = {key: manifest[key] for key in IDENTITY_KEYS if key in manifest}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def manifest_for(dataset: Dataset, directory: Path) -> dict:
     """The manifest of a bundle whose files are in ``directory``."""
-    return {
+    manifest = {
         "format": "simcell-bundle/1",
         "simcell_version": simcell.__version__,
         "scenario": dataset.scenario,
@@ -67,6 +118,8 @@ def manifest_for(dataset: Dataset, directory: Path) -> dict:
         ],
         "checksums": {name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)},
     }
+    manifest["identity"] = bundle_identity(manifest)
+    return manifest
 
 
 def _bundle_files(path: Path) -> frozenset[str] | None:
@@ -122,10 +175,18 @@ def write_bundle(dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: boo
     return out_dir
 
 
-def read_bundle(
-    out_dir: str | os.PathLike, *, backed: bool = False, verify: bool = False
-) -> Bundle:
-    """Read a bundle written by :func:`write_bundle`.
+def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: bool = True) -> Bundle:
+    """Read a bundle written by :func:`write_bundle`, verifying it by default.
+
+    Verification refuses a bundle that is not exactly what simcell wrote:
+
+    * the manifest must match its own ``identity`` (:func:`bundle_identity`), so
+      an edited checksum, parameter or seed in ``manifest.json`` is caught;
+    * each h5ad file must match its SHA-256 in the manifest (streamed: it costs
+      one sequential read of the files, a fraction of loading them), so edited
+      counts, annotations or ``uns`` are caught;
+    * the factual file's ``uns["simcell"]`` (scenario, seed, every parameter) and
+      its shape must equal the manifest's.
 
     Parameters
     ----------
@@ -133,11 +194,16 @@ def read_bundle(
     backed : bool
         Open ``factual.h5ad`` backed (read-only) instead of loading it.
     verify : bool
-        Check the files against the manifest's checksums.
+        Run the checks above (``False``: read whatever is there, unverified).
 
     Returns
     -------
     Bundle
+
+    Raises
+    ------
+    SimcellError
+        Naming the file that is missing, unreadable or fails a check.
     """
     path = Path(out_dir)
     for name in (FACTUAL, COUNTERFACTUAL, MANIFEST):
@@ -147,10 +213,106 @@ def read_bundle(
         manifest = json.loads((path / MANIFEST).read_text())
     except json.JSONDecodeError as error:
         raise SimcellError(f"{path / MANIFEST} is not valid JSON: {error.msg}") from None
-    if verify:
-        for name, expected in manifest.get("checksums", {}).items():
-            if file_checksum(path / name) != expected:
-                raise SimcellError(f"{path / name} does not match its checksum in the manifest")
-    factual = ad.read_h5ad(path / FACTUAL, backed="r" if backed else None)
-    counterfactual = ad.read_h5ad(path / COUNTERFACTUAL)
+    except (OSError, UnicodeDecodeError) as error:
+        raise SimcellError(f"cannot read {path / MANIFEST}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise SimcellError(f"{path / MANIFEST} is not a simcell manifest (not a JSON object)")
+    if not verify:
+        factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
+        return Bundle(path, factual, _read_h5ad(path / COUNTERFACTUAL), manifest)
+    _verify_manifest(path, manifest)
+    # hashing releases the GIL: the checksums stream on their own threads while
+    # h5py loads the files, and nothing read is returned unless they match
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = {name: pool.submit(file_checksum, path / name) for name in _FILES}
+        try:
+            factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
+            counterfactual = _read_h5ad(path / COUNTERFACTUAL)
+            unreadable = None
+        except SimcellError as error:
+            unreadable = error
+        for name in _FILES:  # a damaged file is reported as failing its checksum first
+            if digests[name].result() != manifest["checksums"][name]:
+                raise SimcellError(
+                    f"{path / name} does not match its checksum in the manifest "
+                    f"(edited or damaged); {_SKIP}"
+                )
+    if unreadable is not None:
+        raise unreadable
+    _verify_metadata(path, manifest, factual)
     return Bundle(path=path, factual=factual, counterfactual=counterfactual, manifest=manifest)
+
+
+_SKIP = "pass verify=False (simcell evaluate --no-verify) to read it anyway"
+_FILES = (FACTUAL, COUNTERFACTUAL)
+
+
+def _read_h5ad(path: Path, backed: str | None = None) -> ad.AnnData:
+    try:
+        return ad.read_h5ad(path, backed=backed)
+    except Exception as error:  # h5py / anndata raise many types on a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise SimcellError(
+            f"cannot read {path} (truncated or not an h5ad file): {type(error).__name__}: {reason}"
+        ) from None
+
+
+def _verify_manifest(path: Path, manifest: dict) -> None:
+    """The manifest has both checksums and matches its own identity."""
+    checksums = manifest.get("checksums")
+    if not isinstance(checksums, dict) or set(checksums) != set(_FILES):
+        raise SimcellError(f"{path / MANIFEST} has no checksums of {FACTUAL} and {COUNTERFACTUAL}")
+    if "identity" not in manifest:
+        warnings.warn(
+            f"{path / MANIFEST} has no identity (written by an older simcell): "
+            "its own content cannot be verified, only the files' checksums",
+            SimcellWarning,
+            stacklevel=3,
+        )
+    elif manifest["identity"] != bundle_identity(manifest):
+        raise SimcellError(
+            f"{path / MANIFEST} was edited: its content no longer matches its identity; {_SKIP}"
+        )
+
+
+def _verify_metadata(path: Path, manifest: dict, factual: ad.AnnData) -> None:
+    """The factual file's own metadata and shape against the manifest."""
+    meta = factual.uns.get("simcell")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("params"), Mapping):
+        raise SimcellError(f"{path / FACTUAL} has no uns['simcell'] parameters")
+    recorded = {"scenario": meta.get("scenario"), "seed": meta.get("seed")}
+    for key, value in recorded.items():
+        if not _same(value, manifest.get(key)):
+            raise SimcellError(
+                f"{path / FACTUAL}: uns['simcell'][{key!r}] = {value!r} but the manifest "
+                f"says {manifest.get(key)!r}; {_SKIP}"
+            )
+    params = manifest.get("params")
+    if not isinstance(params, dict):
+        raise SimcellError(f"{path / MANIFEST} has no parameters")
+    expected = {k: v for k, v in params.items() if v is not None}  # h5ad stores no None
+    stored = dict(meta["params"])
+    for key in sorted(set(expected) | set(stored)):
+        if key not in stored or key not in expected or not _same(stored[key], expected[key]):
+            raise SimcellError(
+                f"{path / FACTUAL}: uns['simcell']['params'][{key!r}] = {stored.get(key)!r} "
+                f"but the manifest says {expected.get(key)!r}; {_SKIP}"
+            )
+    shape = (manifest.get("n_cells"), manifest.get("n_genes"))
+    if tuple(factual.shape) != shape:
+        raise SimcellError(
+            f"{path / FACTUAL} has {factual.shape[0]} cells x {factual.shape[1]} genes, "
+            f"the manifest says {shape[0]} x {shape[1]}; {_SKIP}"
+        )
+
+
+def _same(stored: Any, expected: Any) -> bool:
+    """Equality of a value read back from h5ad (numpy) and one from JSON (lists)."""
+    a, b = np.asarray(stored), np.asarray(expected)
+    if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
+        return a.size == b.size and np.array_equal(
+            a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        )
+    if a.dtype.kind in "OUS" and b.dtype.kind in "OUS":
+        return a.ravel().astype(str).tolist() == b.ravel().astype(str).tolist()
+    return False

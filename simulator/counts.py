@@ -21,7 +21,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from simcell import SimcellError
 from simcell.simulator._rng import CELL_BLOCK, stream
+from simcell.simulator.params import MAX_COUNT
 from simcell.simulator.poisson import _SEQUENTIAL_MAX_RATE, _UNCERTAIN, _ppf_flat, _ppf_scalar
 from simcell.simulator.world import World
 
@@ -198,8 +200,43 @@ def evaluate_counts(
             residual,
         )
         q = uniform[rows.local[uncertain_rows], uncertain_genes]
-        out[uncertain_rows, uncertain_genes] = _ppf_flat(np.ascontiguousarray(q), rates)
+        out[uncertain_rows, uncertain_genes] = settle_counts(np.ascontiguousarray(q), rates)
     return out
+
+
+def settle_counts(q: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Q(q; λ) of the entries the sequential kernel leaves uncertain, checked to fit int32.
+
+    Parameters
+    ----------
+    q : ndarray of float64, shape (n,)
+    rates : ndarray of float64, shape (n,)
+
+    Returns
+    -------
+    ndarray of int32, shape (n,)
+
+    Raises
+    ------
+    SimcellError
+        If a rate is not finite or above the largest int32, or a count does not
+        fit int32: the bundle stores int32 counts, and a wrapped count would be
+        silently wrong.
+    """
+    bad = ~np.isfinite(rates) | (rates > MAX_COUNT)
+    if bad.any():
+        raise SimcellError(_overflow_message(float(np.max(rates[bad]))))
+    counts = _ppf_flat(q, rates)
+    if counts.size and counts.max() > MAX_COUNT:
+        raise SimcellError(_overflow_message(float(rates[np.argmax(counts)])))
+    return counts.astype(np.int32)
+
+
+def _overflow_message(rate: float) -> str:
+    return (
+        f"a count of rate {rate:.3g} does not fit the bundle's int32 counts "
+        f"(largest {MAX_COUNT}); lower baseline_range, noise_sd or the effect sds"
+    )
 
 
 def to_csr(dense: np.ndarray) -> sp.csr_matrix:

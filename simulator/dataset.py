@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import simcell
 from simcell import SimcellError
 from simcell._atomic import raise_if_stopped
+from simcell._device import resolve_device
 from simcell.simulator._rng import CELL_BLOCK, stream
 from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
 from simcell.simulator.corrupt import CorruptionRecord, corrupt
@@ -27,7 +28,12 @@ from simcell.simulator.counts import (
     to_csr,
     world_arrays,
 )
-from simcell.simulator.params import InterventionMode, SimulationParams
+from simcell.simulator.params import (
+    MAX_COUNT,
+    InterventionMode,
+    SimulationParams,
+    check_memory,
+)
 from simcell.simulator.tasks import SPLIT_LABELS, Task, make_tasks
 from simcell.simulator.world import World, draw_world
 
@@ -230,6 +236,8 @@ def _evaluate_requests(
 
 def _csr_int32(matrix: sp.csr_matrix) -> sp.csr_matrix:
     matrix = sp.csr_matrix(matrix)
+    if matrix.data.dtype != np.int32 and matrix.nnz and matrix.data.max() > MAX_COUNT:
+        raise SimcellError(f"a count ({matrix.data.max()}) does not fit int32; refusing to wrap it")
     matrix.data = matrix.data.astype(np.int32, copy=False)
     matrix.indices = matrix.indices.astype(np.int32, copy=False)
     return matrix
@@ -306,6 +314,9 @@ def simulate(
     -------
     Dataset
     """
+    check_memory(
+        params, chunk_size=chunk_size, n_threads=_threads(n_threads), counts_in_memory=True
+    )
     dataset, request = prepare(params, seed, scenario)
     job = count_job(params, dataset.world, dataset.cells, seed, request, device)
     factual_counts = CSRBuilder(params.n_cells, params.n_genes)
@@ -502,25 +513,6 @@ def count_job(
         n_genes=params.n_genes,
         device=resolve_device(device),
     )
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    if device == "cpu":
-        return "cpu"
-    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
-        raise SimcellError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    try:
-        import torch
-    except ImportError:
-        if device == "auto":
-            return "cpu"
-        raise SimcellError("device 'cuda' needs torch") from None
-    if torch.cuda.is_available():
-        return "cuda" if device == "auto" else device
-    if device == "auto":
-        return "cpu"
-    raise SimcellError(f"device {device!r} requested but torch sees no CUDA GPU")
 
 
 class CSRBuilder:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 from simcell import SimcellError
@@ -12,6 +14,13 @@ from simcell import SimcellError
 ConceptKind = Literal["binary", "continuous"]
 InterventionMode = Literal["causal", "direct"]
 CorruptionKind = Literal["none", "missing", "irrelevant", "incorrect", "duplicate"]
+
+#: the largest count the bundle's int32 ``X`` can hold
+MAX_COUNT = 2**31 - 1
+#: the fewest genes a bundle the harness can evaluate may have
+MIN_GENES = 2
+# |Φ⁻¹(p)| + 1 for the clipped concept probabilities of the world (p ≥ 1e-10)
+_LIABILITY_REACH = 7.4
 
 _CONCEPT_KINDS = ("binary", "continuous")
 _MODES = ("causal", "direct")
@@ -107,6 +116,20 @@ class SimulationParams:
             "library_size_sd_range",
             _pair(self.library_size_sd_range, "library_size_sd_range"),
         )
+        if isinstance(self.concept_kinds, str):
+            raise SimcellError(
+                "concept_kinds must be a list with one kind ('binary' or 'continuous') per "
+                f"concept, e.g. {list(('binary',) * self.n_concepts)!r} for "
+                f"n_concepts={self.n_concepts}; got the string {self.concept_kinds!r}"
+            )
+        for name, what in (
+            ("concept_kinds", "'binary' / 'continuous' per concept"),
+            ("concept_edges", "[parent, child, weight] per edge"),
+        ):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise SimcellError(f"{name} must be a list of {what}, got {getattr(self, name)!r}")
+        if not isinstance(self.description, str):
+            raise SimcellError(f"description must be a string, got {self.description!r}")
         object.__setattr__(self, "concept_kinds", tuple(self.concept_kinds))
         object.__setattr__(
             self,
@@ -117,8 +140,16 @@ class SimulationParams:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        for name in ("n_cells", "n_genes", "n_batches", "n_tissues", "n_cell_types", "n_concepts"):
+        for name in ("n_cells", "n_batches", "n_tissues", "n_cell_types", "n_concepts"):
             _check_int(self, name, minimum=1)
+        _check_int(self, "n_genes", minimum=1)
+        if self.n_genes < MIN_GENES:
+            # normalising a cell to a fixed total leaves one gene constant: no
+            # model, metric or oracle can tell two cells apart
+            raise SimcellError(
+                f"n_genes must be >= {MIN_GENES} (got {self.n_genes}): with one gene every "
+                "library-size-normalised cell is the same, so the bundle cannot be evaluated"
+            )
         _check_int(self, "n_tasks", minimum=0)
         _check_int(self, "min_task_cells", minimum=1)
         _check_int(self, "corruption_level", minimum=0)
@@ -160,8 +191,9 @@ class SimulationParams:
         if self.concept_kinds:
             if len(self.concept_kinds) != self.n_concepts:
                 raise SimcellError(
-                    f"concept_kinds has {len(self.concept_kinds)} entries "
-                    f"for n_concepts={self.n_concepts}"
+                    f"concept_kinds must list one kind ('binary' or 'continuous') per concept: "
+                    f"{self.n_concepts} entries for n_concepts={self.n_concepts}, "
+                    f"got {len(self.concept_kinds)} ({list(self.concept_kinds)!r})"
                 )
             bad = [k for k in self.concept_kinds if k not in _CONCEPT_KINDS]
             if bad:
@@ -177,8 +209,49 @@ class SimulationParams:
             if not math.isfinite(weight):
                 raise SimcellError(f"concept_edges: weight of {parent}->{child} is not finite")
         self.topological_order()  # raises on a cycle
+        self._check_counts_fit()
+
+    def _check_counts_fit(self) -> None:
+        """Refuse parameters whose counts would not fit the bundle's int32 ``X``."""
+        tail = self.log_rate_tail()
+        if tail > math.log(MAX_COUNT):
+            raise SimcellError(
+                f"counts would overflow int32: the log-rate reaches about {tail:.1f} "
+                f"(a rate of {math.exp(tail):.2g}) among {self.n_cells * self.n_genes:,} "
+                f"entries, above log({MAX_COUNT}) = {math.log(MAX_COUNT):.1f}; lower "
+                "baseline_range, noise_sd, the effect sds or library_size_sd_range"
+            )
 
     # ------------------------------------------------------------------ derived
+    def log_rate_tail(self) -> float:
+        """The log-rate the largest of the n_cells × n_genes entries typically reaches.
+
+        log λ_ij is the log of the largest baseline plus a sum of independent
+        centred normal terms (γ, τ, ω, l_i, ε and the concept terms Σ_k v_ik c_kj,
+        with |v_ik| ≤ 1 for binary concepts and, for continuous ones, bounded by
+        their liability's largest mean plus one sd and their parents' reach). Its
+        upper quantile at probability 1 / (n_cells · n_genes) is
+
+            log(max baseline) + z · sqrt(Σ sd²),   z = Φ⁻¹(1 − 1 / (n_cells · n_genes)).
+
+        A screen, not a guarantee: generation checks every count as well.
+        """
+        reach = [1.0] * self.n_concepts
+        for k in self.topological_order():
+            if self.kinds[k] == "continuous":
+                reach[k] = _LIABILITY_REACH + sum(abs(w) * reach[p] for p, w in self.parents(k))
+        variance = (
+            self.batch_effect_sd**2
+            + self.tissue_effect_sd**2
+            + self.cell_type_effect_sd**2
+            + self.library_size_sd_range[1] ** 2
+            + self.noise_sd**2
+            + self.concept_effect_sd**2 * sum(r * r for r in reach)
+        )
+        entries = float(self.n_cells) * float(self.n_genes)
+        z = NormalDist().inv_cdf(1.0 - 1.0 / (entries + 1.0))
+        return math.log(self.baseline_range[1]) + z * math.sqrt(variance)
+
     @property
     def kinds(self) -> tuple[ConceptKind, ...]:
         """The kind of every concept (all binary unless ``concept_kinds`` says otherwise)."""
@@ -288,3 +361,104 @@ def _check_float(
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise SimcellError(f"{name} must be {relation} {minimum}, got {value}")
+
+
+# ---------------------------------------------------------------------- resources
+# measured peaks of a streamed generation (ru_maxrss), rounded up: per cell
+# ~750 B of state + ~500 B of h5ad metadata, ~35 B per concept and ~95 B per
+# task (split columns and twins), at 2e5-8e5 cells; per entry of the chunk being
+# counted ~80 B (noise drawn block by block, float32 residual + float64 uniform,
+# dense int32 counts, CSR copies, h5 buffers) and ~40 B more per extra thread,
+# at 20,000 x 2,000 with 1 and 2 threads
+_BYTES_PER_CELL = 1_400
+_BYTES_PER_CELL_CONCEPT = 40
+_BYTES_PER_CELL_TASK = 100
+_BYTES_PER_CHUNK_ENTRY = 80
+_BYTES_PER_THREAD_ENTRY = 40
+_BYTES_PER_STORED_COUNT = 8  # int32 data + int32 index
+
+
+def memory_estimate(
+    params: SimulationParams,
+    *,
+    chunk_size: int = 1024,
+    n_threads: int = 1,
+    counts_in_memory: bool = False,
+) -> int:
+    """Bytes of memory a generation of ``params`` needs, about (an upper estimate).
+
+    Parameters
+    ----------
+    params : SimulationParams
+    chunk_size : int
+        Cells evaluated together (rounded up to whole blocks of 256 cells).
+    n_threads : int
+        Worker threads counting chunks at once.
+    counts_in_memory : bool
+        The counts are kept in memory (``simulate``) rather than streamed to
+        disk (``generate_bundle``); every entry is counted as stored.
+
+    Returns
+    -------
+    int
+    """
+    from simcell.simulator._rng import CELL_BLOCK
+
+    n_cells, n_genes = params.n_cells, params.n_genes
+    per_cell = (
+        _BYTES_PER_CELL
+        + _BYTES_PER_CELL_CONCEPT * params.n_concepts
+        + _BYTES_PER_CELL_TASK * params.n_tasks
+    )
+    groups = 1 + params.n_batches + params.n_tissues + params.n_cell_types + params.n_concepts
+    world = 3 * 8 * n_genes * groups
+    rows = min(n_cells, max(CELL_BLOCK, -(-int(chunk_size) // CELL_BLOCK) * CELL_BLOCK))
+    per_entry = _BYTES_PER_CHUNK_ENTRY + _BYTES_PER_THREAD_ENTRY * (max(1, n_threads) - 1)
+    chunks = per_entry * rows * n_genes
+    stored = _BYTES_PER_STORED_COUNT * n_cells * n_genes if counts_in_memory else 0
+    return n_cells * per_cell + world + chunks + stored
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(
+    params: SimulationParams,
+    *,
+    chunk_size: int = 1024,
+    n_threads: int = 1,
+    counts_in_memory: bool = False,
+) -> None:
+    """Refuse, up front, a generation that cannot fit in the available memory.
+
+    Raises
+    ------
+    SimcellError
+        With the estimate (see :func:`memory_estimate`) and what is available.
+    """
+    needed = memory_estimate(
+        params, chunk_size=chunk_size, n_threads=n_threads, counts_in_memory=counts_in_memory
+    )
+    available = available_memory()
+    if available is not None and needed > available:
+        raise SimcellError(
+            f"{params.n_cells:,} cells x {params.n_genes:,} genes need about "
+            f"{_gib(needed)} of memory, more than the {_gib(available)} available; "
+            "lower n_cells or n_genes (or --chunk-size / --threads)"
+        )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB"

@@ -34,11 +34,12 @@ from simcell.simulator.dataset import (
     Dataset,
     Engine,
     Progress,
+    _threads,
     count_job,
     count_pass,
     prepare,
 )
-from simcell.simulator.params import SimulationParams
+from simcell.simulator.params import SimulationParams, check_memory
 
 _H5_CHUNK = 1 << 20
 
@@ -106,6 +107,7 @@ def generate_bundle(
         The dataset's metadata (world, cells, tasks) with ``X`` left empty; the
         counts are in the bundle, and ``Dataset.counterfactual`` still works.
     """
+    check_memory(params, chunk_size=chunk_size, n_threads=_threads(n_threads))
     out_dir = Path(out_dir)
     check_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite)  # refuse before simulating
     dataset, request = prepare(params, seed, scenario)

@@ -34,6 +34,7 @@ def _predictions(bundle, counts, space="counts"):
         var=pd.DataFrame(index=bundle.factual.var_names.copy()),
     )
     out.uns["space"] = space
+    out.uns["simcell_bundle"] = bundle.identity
     return out
 
 
