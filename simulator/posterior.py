@@ -251,84 +251,165 @@ def _library_size_draws(
     return np.take_along_axis(grid[None, :, :].repeat(n_samples, 0), index[:, :, None], 2)[..., 0]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def _posterior_twin_kernel(
-    counts, log_rate, shift, nodes, log_weights, u_pick, u_delta, rates, deltas, out
+    counts,
+    log_rate_mean,
+    library,
+    shift,
+    offsets,
+    nodes,
+    log_weights,
+    u_pick,
+    u_delta,
+    twin,
+    rates,
+    deltas,
+    out,
+    position,
 ):  # pragma: no cover - compiled
+    """One posterior twin of a chunk of cells (steps 2, 3 and the twin), in place.
+
+    Entries with Δ = 0 are copied; the others, numbered in row-major order from
+    ``offsets[row]``, take the uniforms ``u_pick`` (ε) and ``u_delta`` (δ) of their
+    number, so the result does not depend on how rows are spread over threads.
+    Entries left ``_UNCERTAIN`` (rate above the sequential range: ``deltas`` is
+    NaN; or a δ within the certification tolerance of a step) are settled outside.
+    """
+    n_rows, n_genes = counts.shape
     n_nodes = nodes.size
-    weights = np.empty(max(n_nodes, 1))
-    for i in range(counts.size):
-        value = log_rate[i]
-        if n_nodes > 0:  # ε | x, l from its quadrature posterior
-            top = -np.inf
-            for h in range(n_nodes):
-                weights[h] = log_weights[h] + counts[i] * nodes[h] - math.exp(value + nodes[h])
-                top = max(top, weights[h])
-            total = 0.0
-            for h in range(n_nodes):
-                weights[h] = math.exp(weights[h] - top)
-                total += weights[h]
-            target, running, pick = u_pick[i] * total, 0.0, n_nodes - 1
-            for h in range(n_nodes):
-                running += weights[h]
-                if running > target:
-                    pick = h
-                    break
-            value += nodes[pick]
-        rate = math.exp(value)
-        rates[i] = rate * math.exp(shift[i])
-        if rate > _SEQUENTIAL_MAX_RATE:
-            deltas[i] = np.nan  # interval computed with pdtr outside
-            out[i] = _UNCERTAIN
-            continue
-        pmf = math.exp(-rate)
-        cdf, below = pmf, 0.0
-        for k in range(1, counts[i] + 1):  # F(x - 1) and F(x) by the pmf recursion
-            pmf *= rate / k
-            below = cdf
-            cdf += pmf
-        delta = min(below + u_delta[i] * (cdf - below), _BELOW_ONE)
-        deltas[i] = delta
-        out[i] = _ppf_scalar(delta, rates[i])
+    for row in numba.prange(n_rows):
+        weights = np.empty(max(n_nodes, 1))
+        i = offsets[row]
+        for j in range(n_genes):
+            if shift[row, j] == 0.0:
+                twin[row, j] = counts[row, j]
+                continue
+            x = counts[row, j]
+            value = log_rate_mean[row, j] + library[row]
+            if n_nodes > 0:  # ε | x, l from its quadrature posterior
+                top = -np.inf
+                for h in range(n_nodes):
+                    weights[h] = log_weights[h] + x * nodes[h] - math.exp(value + nodes[h])
+                    top = max(top, weights[h])
+                total = 0.0
+                for h in range(n_nodes):
+                    weights[h] = math.exp(weights[h] - top)
+                    total += weights[h]
+                target, running, pick = u_pick[i] * total, 0.0, n_nodes - 1
+                for h in range(n_nodes):
+                    running += weights[h]
+                    if running > target:
+                        pick = h
+                        break
+                value += nodes[pick]
+            rate = math.exp(value)
+            rates[i] = rate * math.exp(shift[row, j])
+            position[i] = row * n_genes + j
+            if rate > _SEQUENTIAL_MAX_RATE:
+                deltas[i] = np.nan  # interval computed with pdtr outside
+                out[i] = _UNCERTAIN
+            else:
+                pmf = math.exp(-rate)
+                cdf, below = pmf, 0.0
+                for k in range(1, x + 1):  # F(x - 1) and F(x) by the pmf recursion
+                    pmf *= rate / k
+                    below = cdf
+                    cdf += pmf
+                delta = min(below + u_delta[i] * (cdf - below), _BELOW_ONE)
+                deltas[i] = delta
+                out[i] = _ppf_scalar(delta, rates[i])
+            twin[row, j] = out[i]
+            i += 1
 
 
-def _sample_twins(
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _concept_shift_kernel(change, effects, shift, n_changed):  # pragma: no cover - compiled
+    """Δ_ij = Σ_k (v'_ik − v_ik) c_kj (exactly 0 where no changed concept acts) and
+    the number of non-zero Δ of each row."""
+    n_rows, n_genes = shift.shape
+    for row in numba.prange(n_rows):
+        count = 0
+        for j in range(n_genes):
+            acc = 0.0
+            for k in range(change.shape[1]):
+                if change[row, k] != 0.0:
+                    acc += change[row, k] * effects[k, j]
+            shift[row, j] = acc
+            if acc != 0.0:
+                count += 1
+        n_changed[row] = count
+
+
+def _offsets(n_changed: np.ndarray) -> np.ndarray:
+    """Row offsets of the changed entries, shape (n_rows + 1,)."""
+    offsets = np.zeros(n_changed.size + 1, dtype=np.int64)
+    np.cumsum(n_changed, out=offsets[1:])
+    return offsets
+
+
+def _sample_twin(
     counts: np.ndarray,
-    log_rate: np.ndarray,
+    log_rate_mean: np.ndarray,
+    library: np.ndarray,
     shift: np.ndarray,
+    offsets: np.ndarray,
     sigma: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """One posterior draw of x' for each (cell, gene) entry (steps 2, 3 and the twin)."""
+    """One posterior draw of the twin of a chunk of cells, shape (n_rows, n_genes), int64.
+
+    Parameters
+    ----------
+    counts : ndarray of int64, shape (n_rows, n_genes)
+    log_rate_mean : ndarray, shape (n_rows, n_genes)
+    library : ndarray, shape (n_rows,)
+        One draw of l_i.
+    shift : ndarray, shape (n_rows, n_genes)
+        Δ_ij; entries with Δ = 0 are the factual counts.
+    offsets : ndarray of int64, shape (n_rows + 1,)
+        Cumulated number of non-zero Δ per row (see :func:`_offsets`).
+    """
     if sigma > 0:
         nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES
         log_weights = np.log(_HERMITE_WEIGHTS)
     else:
         nodes = log_weights = np.zeros(0)
-    u_pick, u_delta = rng.random(counts.size), rng.random(counts.size)
-    rates, deltas = np.empty(counts.size), np.empty(counts.size)
-    out = np.empty(counts.size, dtype=np.int64)
+    n_changed = int(offsets[-1])
+    u_pick, u_delta = rng.random(n_changed), rng.random(n_changed)
+    rates, deltas = np.empty(n_changed), np.empty(n_changed)
+    out = np.empty(n_changed, dtype=np.int64)
+    position = np.empty(n_changed, dtype=np.int64)
+    twin = np.empty(counts.shape, dtype=np.int64)
     _posterior_twin_kernel(
-        counts.astype(np.int64),
-        log_rate,
+        counts,
+        log_rate_mean,
+        library,
         shift,
+        offsets,
         nodes,
         log_weights,
         u_pick,
         u_delta,
+        twin,
         rates,
         deltas,
         out,
+        position,
     )
     large = np.flatnonzero(np.isnan(deltas))
     if large.size:  # rates above the sequential range: the interval from pdtr
-        rate = rates[large] / np.exp(shift[large])
-        x = counts[large]
+        where = position[large]
+        rate = rates[large] / np.exp(shift.reshape(-1)[where])
+        x = counts.reshape(-1)[where]
         below = np.where(x > 0, special.pdtr(np.maximum(x - 1, 0), rate), 0.0)
         at = special.pdtr(x, rate)
         deltas[large] = np.minimum(below + u_delta[large] * (at - below), _BELOW_ONE)
-    settle_uncertain(deltas, rates, out)
-    return out
+    uncertain = np.flatnonzero(out == _UNCERTAIN)
+    if uncertain.size:
+        settle_uncertain(deltas, rates, out)
+        twin.reshape(-1)[position[uncertain]] = out[uncertain]
+    return twin
 
 
 # ----------------------------------------------------------------- the twin
@@ -488,26 +569,23 @@ class TwinPosterior:
             None if self._fixed_shift is not None else self.concept_draws(n_samples, rng)
         )
         sigma = cells.noise_sd
+        effects = np.ascontiguousarray(cells.concept_effects, dtype=np.float64)
         for start in range(0, n_cells, chunk):
             rows = slice(start, min(start + chunk, n_cells))
-            x = cells.counts[rows].astype(np.int64)
-            m = cells.log_rate_mean[rows]
+            x = np.ascontiguousarray(cells.counts[rows], dtype=np.int64)
+            m = np.ascontiguousarray(cells.log_rate_mean[rows], dtype=np.float64)
             if self._fixed_shift is not None:
-                shift = self._fixed_shift[rows]
-                changed_rows, changed_genes = np.nonzero(shift != 0)
-                xc = x[changed_rows, changed_genes]
-                mc = m[changed_rows, changed_genes]
+                shift = np.ascontiguousarray(self._fixed_shift[rows])
+                offsets = _offsets(np.count_nonzero(shift, axis=1))
+            else:
+                shift = np.empty(x.shape)
+                n_changed = np.empty(x.shape[0], dtype=np.int64)
             for s in range(n_samples):
                 if concept_draws is not None:
-                    shift = (concept_draws[s, rows] - cells.concepts[rows]) @ cells.concept_effects
-                    changed_rows, changed_genes = np.nonzero(shift != 0)
-                    xc = x[changed_rows, changed_genes]
-                    mc = m[changed_rows, changed_genes]
-                log_rate = mc + library[s, rows][changed_rows]
-                twin = x.copy()
-                twin[changed_rows, changed_genes] = _sample_twins(
-                    xc, log_rate, shift[changed_rows, changed_genes], sigma, rng
-                )
+                    change = concept_draws[s, rows] - cells.concepts[rows]
+                    _concept_shift_kernel(change, effects, shift, n_changed)
+                    offsets = _offsets(n_changed)
+                twin = _sample_twin(x, m, library[s, rows], shift, offsets, sigma, rng)
                 yield rows, twin
 
     def sample(self, rng: np.random.Generator, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
