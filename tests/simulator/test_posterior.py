@@ -178,6 +178,27 @@ def test_concept_draws_follow_the_scm(causal_dataset):
     )
 
 
+def test_continuous_descendants_are_determined_by_the_factual_concepts():
+    """For a continuous concept η is known exactly, so v' is the simulator's own
+    twin concept; a binary child of it is drawn from its truncated posterior."""
+    kinds = ("binary", "continuous", "binary", "continuous", "binary")
+    params = scenarios.load("causal", n_cells=1500, n_genes=20, concept_kinds=kinds)
+    dataset = simulate(params, seed=4, scenario="causal")
+    cells = np.flatnonzero(dataset.cells.concepts[:, 0] == 0)
+    intervention = Intervention(do={"concept_0": 1.0}, mode="causal", dag=concept_dag(dataset))
+    posterior = TwinPosterior(cell_posterior(dataset, cells), intervention)
+    draws = posterior.concept_draws(100, np.random.default_rng(0))
+    truth = dataset.counterfactual(cells, {0: 1.0}, mode="causal").obsm["concepts_true"]
+    truth = truth.to_numpy()
+    for k in (1, 3):
+        np.testing.assert_allclose(
+            draws[:, :, k], np.broadcast_to(truth[:, k], draws.shape[:2]), atol=1e-12
+        )
+    drawn, true = draws[:, :, 2].mean(), truth[:, 2].mean()
+    assert abs(drawn - true) < 4.5 * np.sqrt(true * (1 - true) / cells.size)
+    assert 0 < (draws[:, :, 2] != dataset.cells.concepts[cells, 2]).mean() < 1
+
+
 # ----------------------------------------------------------------- oracle_sample
 
 
