@@ -507,7 +507,7 @@ def evaluate(
         populations = [
             x_train[(groups == g).to_numpy()]
             for g in sorted(groups.unique())
-            if (groups == g).sum() >= 2
+            if (groups == g).sum() >= 3  # the bias-corrected FID needs 3 cells
         ]
         references = _Target.build(truth_pcs, populations, seed)
         reference = np.concatenate([x_train, truth_pcs])

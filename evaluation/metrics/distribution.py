@@ -20,6 +20,7 @@ References
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from simcell import SimcellError
+from simcell import SimcellError, SimcellWarning
 from simcell.evaluation.metrics import _distances
 from simcell.evaluation.metrics._registry import register_metric
 from simcell.evaluation.metrics._validation import as_cells, check_positive, two_samples
@@ -367,6 +368,7 @@ _SINKHORN_REFERENCE = (
 )
 FidEstimator = Literal["unbiased", "plugin"]
 _FID_BLOCKS = 10
+_FID_CELLS_PER_DIM = 2
 
 
 @register_metric("fid", direction="lower", level="distribution", reference=_DISTANCE_REFERENCE)
@@ -415,6 +417,14 @@ def frechet_distance(
     The unbiased estimate can be slightly negative when both samples come from
     one law; ``frechet_distance(x, x, paired=True) = 0`` exactly.
 
+    The ``1/n`` expansion needs samples well above the dimension: where a
+    sample has fewer than ``2 × n_dims`` cells, a :class:`simcell.SimcellWarning`
+    says so. Measured with one sample of 1,000 cells of a 50-dim Gaussian and
+    the other of the same law with ``m`` cells (true value 0; plug-in in
+    brackets): ``m = 400``: -0.02 (1.8); ``200``: -0.05 (3.2); ``100``: -0.3
+    (6.0); ``50``: -3.2 (12.5); ``10``: 25 (57). Compare populations of at least
+    ``2 × n_dims`` cells (or fewer dims).
+
     Parameters
     ----------
     pred : array-like, shape (m, n_dims)
@@ -456,6 +466,14 @@ def frechet_distance(
     if int(n_blocks) != n_blocks or n_blocks < 2:
         raise SimcellError(f"n_blocks must be an integer >= 2; got {n_blocks!r}")
     m, n = x_cells.shape[0], y_cells.shape[0]
+    n_dims = x_cells.shape[1]
+    if min(m, n) < _FID_CELLS_PER_DIM * n_dims:
+        warnings.warn(
+            f"frechet_distance: {min(m, n)} cells in {n_dims} dims; the bias correction is "
+            f"reliable from about {_FID_CELLS_PER_DIM * n_dims} cells per sample",
+            SimcellWarning,
+            stacklevel=2,
+        )
     x_centred = x_cells - x_cells.mean(axis=0)
     y_centred = y_cells - y_cells.mean(axis=0)
     groups = min(int(n_blocks), m, n)
