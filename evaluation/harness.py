@@ -299,7 +299,10 @@ def _score(
     rows += _distribution_rows(task.name, model, seed, pred_pcs, references)
     reference, reference_labels, target_label = knn
     accuracy = m.knn_accuracy(
-        pred_pcs, np.full(pred_pcs.shape[0], target_label), reference, reference_labels
+        pred=pred_pcs,
+        reference=reference,
+        reference_labels=reference_labels,
+        target_label=target_label,
     )
     rows.append((task.name, model, seed, "pca", "knn_accuracy", accuracy, np.nan, np.nan))
     return rows
@@ -504,7 +507,7 @@ def evaluate(
         populations = [
             x_train[(groups == g).to_numpy()]
             for g in sorted(groups.unique())
-            if (groups == g).sum() >= 2
+            if (groups == g).sum() >= 3  # the bias-corrected FID needs 3 cells
         ]
         references = _Target.build(truth_pcs, populations, seed)
         reference = np.concatenate([x_train, truth_pcs])

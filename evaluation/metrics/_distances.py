@@ -8,7 +8,9 @@ Private to :mod:`simcell.evaluation.metrics`: inputs arrive validated (finite
   ``O(block_size**2 + n * n_dims)`` whatever the sample sizes.
 * :func:`rbf_tile_sum` and :func:`euclidean_tile_sum` are the two reductions
   it is used with (MMD and energy distance).
-* :func:`frechet_trace_sqrt` is the stable ``tr((Σ1 Σ2)^{1/2})``.
+* :func:`frechet_trace_sqrt` is the stable ``tr((Σ1 Σ2)^{1/2})``;
+  :func:`scatter_without_blocks` the covariances its jackknife needs.
+* :func:`matched_pair_sum` sums a kernel over the matched rows of paired samples.
 * :func:`entropic_ot` is the entropic optimal-transport objective through POT,
   :func:`symmetric_log_scaling` the warm start that makes its symmetric terms fast.
 """
@@ -325,11 +327,14 @@ def sqrtm_psd(cov: np.ndarray) -> np.ndarray:
 
 
 def frechet_trace_sqrt(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """``tr((Σ1 Σ2)^{1/2})`` computed as ``tr((Σ1^{1/2} Σ2 Σ1^{1/2})^{1/2})``.
+    """``tr((Σ1 Σ2)^{1/2})`` from the eigenvalues of a symmetric matrix similar to ``Σ1 Σ2``.
 
-    ``Σ1 Σ2`` is similar to the symmetric PSD matrix ``Σ1^{1/2} Σ2 Σ1^{1/2}``, so
-    both have the same non-negative eigenvalues; the symmetric form is solved with
-    ``eigh`` and rounding negatives are clipped at 0, which keeps the result real
+    With any factor ``Σ1 = R Rᵀ``, ``Σ1 Σ2 = R (Rᵀ Σ2 R) R⁻¹`` (or, for singular
+    ``Σ1``, the same non-zero spectrum) is similar to the symmetric PSD matrix
+    ``Rᵀ Σ2 R``, so ``tr((Σ1 Σ2)^{1/2}) = Σ sqrt(eig(Rᵀ Σ2 R))``. ``R`` is the
+    Cholesky factor when ``Σ1`` is positive definite (cheap: the whole
+    computation needs eigenvalues only), else the symmetric square root from
+    ``eigh``. Rounding negatives are clipped at 0, which keeps the result real
     and finite on singular covariances.
 
     Parameters
@@ -341,8 +346,11 @@ def frechet_trace_sqrt(cov1: np.ndarray, cov2: np.ndarray) -> float:
     -------
     float
     """
-    root1 = sqrtm_psd(cov1)
-    middle = root1 @ cov2 @ root1
+    try:
+        factor = np.linalg.cholesky(cov1)
+    except np.linalg.LinAlgError:
+        factor = sqrtm_psd(cov1)
+    middle = factor.T @ cov2 @ factor
     middle = 0.5 * (middle + middle.T)
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0.0, None)).sum())
 
@@ -483,3 +491,61 @@ def entropic_ot(
     log_product = log_source[:, None] + log_target[None, :]
     value = (plan * cost).sum() + epsilon * (plan * (log_plan - log_product)).sum()
     return float(value)
+
+
+def matched_pair_sum(
+    a: torch.Tensor, b: torch.Tensor, reduce_tile: TileReduction, *, scale: float = 1.0
+) -> float:
+    """Sum ``reduce_tile(scale · ||a_i - b_i||²)`` over the matched rows ``i`` only.
+
+    The squared distances come from the differences ``a_i - b_i`` (no
+    cancellation), so every entry is ``>= 0`` before scaling.
+
+    Parameters
+    ----------
+    a, b : torch.Tensor, shape (n, n_dims)
+    reduce_tile : callable
+        As in :func:`blocked_pair_sum`; here it receives one row of ``n`` entries.
+    scale : float, default 1
+
+    Returns
+    -------
+    float
+        ``Σ_i reduce(scale · ||a_i - b_i||²)`` accumulated in float64.
+    """
+    difference = a - b
+    sq_dist = (difference * difference).sum(dim=1)
+    return float(reduce_tile((sq_dist * scale)[None, :]))
+
+
+def scatter_without_blocks(
+    centred: np.ndarray, blocks: Sequence[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unbiased covariance of a sample, and of the sample without each block of rows.
+
+    Parameters
+    ----------
+    centred : ndarray, shape (n, n_dims)
+        The sample centred on its mean (only the column sums' rounding is lost).
+    blocks : sequence of ndarray of int
+        Disjoint row indices; every complement must hold at least 2 rows.
+
+    Returns
+    -------
+    cov : ndarray, shape (n_dims, n_dims)
+    cov_without : list of ndarray, each shape (n_dims, n_dims)
+        ``cov_without[g]`` is the covariance (``ddof=1``) of the rows outside
+        ``blocks[g]``, from the full scatter minus the block's (one pass each).
+    """
+    n = centred.shape[0]
+    scatter = centred.T @ centred
+    total = centred.sum(axis=0)
+    cov = scatter / (n - 1)
+    cov_without = []
+    for block in blocks:
+        rows = centred[block]
+        kept = n - rows.shape[0]
+        kept_sum = total - rows.sum(axis=0)
+        kept_scatter = scatter - rows.T @ rows - np.outer(kept_sum, kept_sum) / kept
+        cov_without.append(kept_scatter / (kept - 1))
+    return cov, cov_without
