@@ -113,3 +113,47 @@ def test_corruption_never_touches_task_concepts():
         assert column not in data.corruption.columns
         np.testing.assert_array_equal(seen[column].to_numpy(), data.cells.concepts[:, task.concept])
     assert seen[list(data.corruption.columns)].isna().all().all()
+
+
+def test_every_task_of_default_synthetic2_has_a_heldout_population():
+    """Defect 6: a task needs at least ``min_task_cells`` cells of (u, k = 1).
+
+    On the old rule, 31 of 150 default tasks (30 seeds) had no heldout cell; the
+    first 10 seeds already include such tasks.
+    """
+    from simcell import scenarios
+    from simcell.simulator._rng import stream
+    from simcell.simulator.cells import draw_cells
+    from simcell.simulator.world import draw_world
+
+    params = scenarios.load("synthetic2")
+    for seed in range(10):
+        world = draw_world(params, seed)
+        cells = draw_cells(params, world, seed)
+        tasks = make_tasks(
+            cells.cell_type,
+            cells.concepts,
+            n_tasks=params.n_tasks,
+            min_cells=params.min_task_cells,
+            rng=stream(seed, "tasks"),
+            concept_kinds=params.kinds,
+        )
+        assert len(tasks) == params.n_tasks
+        for task in tasks:
+            assert np.count_nonzero(task.split == "heldout") >= params.min_task_cells, (seed, task)
+
+
+def test_a_pair_without_enough_active_cells_is_not_eligible():
+    cell_type = np.repeat([0, 1], 100)
+    concepts = np.zeros((200, 1))
+    concepts[100:150, 0] = 1.0  # active in type 1 only
+    concepts[:5, 0] = 1.0  # 5 active cells of type 0: below min_cells
+    with pytest.warns(UserWarning, match="eligible"):
+        tasks = make_tasks(
+            cell_type, concepts, n_tasks=2, min_cells=10, rng=np.random.default_rng(0)
+        )
+    assert tasks == []
+    concepts[:10, 0] = 1.0  # 10 active cells of type 0: (0, 0) becomes eligible
+    (task,) = make_tasks(cell_type, concepts, n_tasks=1, min_cells=10, rng=np.random.default_rng(0))
+    assert (task.cell_type, task.concept) == (0, 0)
+    assert np.count_nonzero(task.split == "heldout") == 10
