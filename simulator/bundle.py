@@ -14,11 +14,9 @@ import anndata as ad
 
 import simcell
 from simcell import SimcellError
+from simcell.simulator import schema as S
 from simcell.simulator.dataset import Dataset
-
-FACTUAL = "factual.h5ad"
-COUNTERFACTUAL = "counterfactual.h5ad"
-MANIFEST = "manifest.json"
+from simcell.simulator.schema import COUNTERFACTUAL, FACTUAL, MANIFEST
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,22 +49,24 @@ def file_checksum(path: Path) -> str:
 def manifest_for(dataset: Dataset, directory: Path) -> dict:
     """The manifest of a bundle whose files are in ``directory``."""
     return {
-        "format": "simcell-bundle/1",
-        "simcell_version": simcell.__version__,
-        "scenario": dataset.scenario,
-        "seed": dataset.seed,
-        "params": dataset.params.to_dict(),
-        "n_cells": dataset.params.n_cells,
-        "n_genes": dataset.params.n_genes,
-        "tasks": [
+        S.MANIFEST_FORMAT: S.FORMAT,
+        S.MANIFEST_VERSION: simcell.__version__,
+        S.MANIFEST_SCENARIO: dataset.scenario,
+        S.MANIFEST_SEED: dataset.seed,
+        S.MANIFEST_PARAMS: dataset.params.to_dict(),
+        S.MANIFEST_N_CELLS: dataset.params.n_cells,
+        S.MANIFEST_N_GENES: dataset.params.n_genes,
+        S.MANIFEST_TASKS: [
             {
-                "name": t.name,
-                "cell_type": f"cell_type_{t.cell_type}",
-                "concept": f"concept_{t.concept}",
+                S.TASK_NAME: t.name,
+                S.TASK_CELL_TYPE: f"cell_type_{t.cell_type}",
+                S.TASK_CONCEPT: S.concept_name(t.concept),
             }
             for t in dataset.tasks
         ],
-        "checksums": {name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)},
+        S.MANIFEST_CHECKSUMS: {
+            name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)
+        },
     }
 
 
