@@ -34,7 +34,7 @@ from ._trainer import (
     resolve_device,
     save_checkpoint,
 )
-from .base import ConceptKind, CounterfactualModel
+from .base import ConceptKind, CounterfactualModel, Intervention
 from .baselines import (
     BASELINE_PRESETS,
     LATENT_SHIFT_PRESETS,
@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "FlowMatchingModel",
     "Identity",
+    "Intervention",
     "LatentShift",
     "LatentShiftConfig",
     "MeanShift",

@@ -1,20 +1,184 @@
-"""The one interface every counterfactual model implements.
+"""The one interface every counterfactual model implements, and the question it answers.
 
 The evaluation harness owns preprocessing: it normalises counts to the median
 library size of ``train`` cells, applies ``log1p`` and projects onto a PCA fitted
 on ``train`` cells only, then hands a model the representation ``x`` of shape
 ``(n_cells, n_dims)`` (float32). Concept annotations are float32 with ``NaN``
 where a concept is not annotated.
+
+An :class:`Intervention` is the question: ``do(v_k := value)`` in ``causal`` or
+``direct`` mode, with the scenario's concept DAG. The truth, the oracle and every
+model answer the same Intervention; a model that does not model the DAG
+(``uses_dag = False``) is handed the direct question's targets.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 
+from simcell import SimcellError
+
 ConceptKind = Literal["binary", "continuous"]
+InterventionMode = Literal["causal", "direct"]
+
+_MODES = ("causal", "direct")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Intervention:
+    """An intervention ``do(v_k := value)`` on concepts, and how it propagates.
+
+    In ``direct`` mode only the concepts in ``do`` change. In ``causal`` mode the
+    descendants of those concepts in the concept DAG are recomputed too, from
+    their own (unobserved) exogenous noise: h_d = μ_{u d} + Σ_p B_pd v_p + η_d.
+
+    Parameters
+    ----------
+    do : mapping of str to float
+        Concept name -> value, e.g. ``{"concept_2": 1.0}``. Empty: nothing changes.
+    mode : {"causal", "direct"}
+    dag : tuple of (str, str, float)
+        The (parent, child, weight) edges of the scenario's concept DAG; only
+        ``causal`` mode uses it.
+
+    Raises
+    ------
+    SimcellError
+        On an unknown mode, a value or weight that is not finite, a self-loop or
+        a cycle in ``dag``.
+
+    Examples
+    --------
+    >>> iv = Intervention(do={"concept_0": 1.0}, mode="causal",
+    ...                   dag=(("concept_0", "concept_1", 1.5), ("concept_1", "concept_2", -1.2)))
+    >>> iv.descendants()
+    ('concept_1', 'concept_2')
+    """
+
+    do: Mapping[str, float]
+    mode: InterventionMode = "direct"
+    dag: tuple[tuple[str, str, float], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise SimcellError(f"intervention mode must be 'causal' or 'direct', got {self.mode!r}")
+        if not isinstance(self.do, Mapping):
+            raise SimcellError("intervention do must map concept names to values")
+        do = {}
+        for name, value in self.do.items():
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise SimcellError(f"do(): value of {name!r} is not a number") from None
+            if not math.isfinite(value):
+                raise SimcellError(f"do(): value of {name!r} is not finite")
+            do[str(name)] = value
+        dag = []
+        for edge in self.dag:
+            if len(edge) != 3:
+                raise SimcellError(
+                    f"intervention dag edges must be (parent, child, weight), got {edge!r}"
+                )
+            parent, child, weight = str(edge[0]), str(edge[1]), float(edge[2])
+            if parent == child:
+                raise SimcellError(f"intervention dag: self-loop on {parent!r}")
+            if not math.isfinite(weight):
+                raise SimcellError(f"intervention dag: weight of {parent}->{child} is not finite")
+            dag.append((parent, child, weight))
+        object.__setattr__(self, "do", do)
+        object.__setattr__(self, "dag", tuple(dag))
+        self._topological_order()  # raises on a cycle
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.do.items())), self.mode, self.dag))
+
+    def _topological_order(self) -> tuple[str, ...]:
+        """The DAG's concepts, every parent before its children (first-seen order on ties)."""
+        nodes = list(dict.fromkeys(name for edge in self.dag for name in edge[:2]))
+        indegree = dict.fromkeys(nodes, 0)
+        for _, child, _ in self.dag:
+            indegree[child] += 1
+        ready = [n for n in nodes if indegree[n] == 0]
+        order: list[str] = []
+        while ready:
+            node = ready.pop(0)
+            order.append(node)
+            for parent, child, _ in self.dag:
+                if parent == node:
+                    indegree[child] -= 1
+                    if indegree[child] == 0:
+                        ready.append(child)
+        if len(order) != len(nodes):
+            raise SimcellError("intervention dag: the concept graph has a cycle")
+        return tuple(order)
+
+    def descendants(self) -> tuple[str, ...]:
+        """Concepts that change beyond ``do``: in ``causal`` mode, every concept
+        reachable from ``do`` along the DAG and not itself set, in topological
+        order; in ``direct`` mode, none.
+
+        Returns
+        -------
+        tuple of str
+        """
+        if self.mode == "direct":
+            return ()
+        reach: set[str] = set()
+        frontier = list(self.do)
+        while frontier:
+            node = frontier.pop()
+            for parent, child, _ in self.dag:
+                if parent == node and child not in reach:
+                    reach.add(child)
+                    frontier.append(child)
+        return tuple(n for n in self._topological_order() if n in reach and n not in self.do)
+
+    def parents(self, concept: str) -> tuple[tuple[str, float], ...]:
+        """The (parent, weight) pairs of ``concept`` in the DAG."""
+        return tuple((p, w) for p, c, w in self.dag if c == concept)
+
+    def direct_targets(self, concepts: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """The concepts with ``do`` applied and nothing else changed.
+
+        This is the direct question's targets, and what a model that does not
+        model the DAG is given in either mode.
+
+        Parameters
+        ----------
+        concepts : ndarray, shape (n_cells, n_concepts)
+            The cells' (annotated or true) concepts; ``NaN`` entries are kept.
+        names : sequence of str, length n_concepts
+            The name of each column.
+
+        Returns
+        -------
+        ndarray, shape (n_cells, n_concepts)
+            A copy (float dtype: that of ``concepts`` when it is floating).
+
+        Raises
+        ------
+        SimcellError
+            If a concept in ``do`` is not among ``names`` or the shapes disagree.
+        """
+        concepts = np.asarray(concepts)
+        names = [str(n) for n in names]
+        if concepts.ndim != 2 or concepts.shape[1] != len(names):
+            raise SimcellError(
+                f"concepts of shape {concepts.shape} do not match {len(names)} concept names"
+            )
+        dtype = concepts.dtype if concepts.dtype.kind == "f" else np.float64
+        out = np.array(concepts, dtype=dtype, copy=True)
+        for name, value in self.do.items():
+            if name not in names:
+                raise SimcellError(f"do(): unknown concept {name!r}; concepts are {names}")
+            out[:, names.index(name)] = value
+        return out
 
 
 class CounterfactualModel(ABC):
@@ -27,6 +191,9 @@ class CounterfactualModel(ABC):
     name: ClassVar[str]
     #: Whether :meth:`encode` returns a representation (False: it raises).
     has_representation: ClassVar[bool] = False
+    #: Whether the model answers a ``causal`` :class:`Intervention` through the
+    #: concept DAG (False: it is handed the direct targets, see :meth:`predict`).
+    uses_dag: ClassVar[bool] = False
 
     @abstractmethod
     def fit(
@@ -67,6 +234,36 @@ class CounterfactualModel(ABC):
         ndarray, shape (n_cells, n_dims)
             One predicted row per source cell, in the space of ``x``.
         """
+
+    def predict(
+        self,
+        x: np.ndarray,
+        concepts: np.ndarray,
+        intervention: Intervention,
+        concept_names: Sequence[str],
+    ) -> np.ndarray:
+        """Predict each cell's expression under ``intervention``.
+
+        The default answers with :meth:`counterfactual` on
+        ``intervention.direct_targets(concepts, concept_names)``: only the
+        concepts in ``do`` change, whatever the mode. A model that models the
+        concept DAG sets ``uses_dag = True`` and overrides this method.
+
+        Parameters
+        ----------
+        x : ndarray, shape (n_cells, n_dims)
+        concepts : ndarray, shape (n_cells, n_concepts)
+            The cells' annotated concepts.
+        intervention : Intervention
+        concept_names : sequence of str, length n_concepts
+            The name of each concept column.
+
+        Returns
+        -------
+        ndarray, shape (n_cells, n_dims)
+        """
+        targets = intervention.direct_targets(concepts, concept_names)
+        return self.counterfactual(x, concepts, targets)
 
     def encode(self, x: np.ndarray, concepts: np.ndarray) -> np.ndarray:
         """Return the model's representation of cells, shape (n_cells, n_latent)."""
