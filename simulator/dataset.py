@@ -17,7 +17,7 @@ from simcell import SimcellError
 from simcell.simulator import schema as S
 from simcell.simulator._rng import CELL_BLOCK, stream
 from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
-from simcell.simulator.corrupt import CorruptionRecord, corrupt
+from simcell.simulator.corrupt import CorruptionRecord
 from simcell.simulator.counts import (
     RowBatch,
     chunk_bounds,
@@ -551,19 +551,11 @@ class CSRBuilder:
 def _annotations(
     params: SimulationParams, cells: CellStates, tasks: list[Task], seed: int
 ) -> tuple[pd.DataFrame, CorruptionRecord | None]:
+    """The clean annotations. A scenario's corruption (``params.corruption``) is applied
+    by the evaluation to the annotations a model sees for one task, protecting only
+    that task's concept (:func:`simcell.simulator.corrupt.corrupt_for_task`)."""
     names = concept_names(params.n_concepts)
-    table = pd.DataFrame(cells.concepts.astype(np.float32), columns=names)
-    if params.corruption == "none" or params.corruption_level == 0:
-        return table, None
-    protect = sorted({names[t.concept] for t in tasks})
-    return corrupt(
-        table,
-        params.corruption,
-        params.corruption_level,
-        p=params.corruption_p,
-        protect=protect,
-        rng=stream(seed, "corruption"),
-    )
+    return pd.DataFrame(cells.concepts.astype(np.float32), columns=names), None
 
 
 def _categorical(codes: np.ndarray, prefix: str, n: int) -> pd.Categorical:

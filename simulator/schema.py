@@ -60,6 +60,8 @@ WORLD_LIBRARY_SIZE_SD = "library_size_sd"
 WORLD_UNAFFECTED_PROBABILITY = "unaffected_probability"
 #: keys of uns[UNS][UNS_PARAMS] that the evaluation reads
 PARAM_NOISE_SD, PARAM_INTERVENTION_MODE = "noise_sd", "intervention_mode"
+PARAM_CORRUPTION, PARAM_CORRUPTION_LEVEL = "corruption", "corruption_level"
+PARAM_CORRUPTION_P = "corruption_p"
 
 # ----------------------------------------------------------------------------- counterfactual.h5ad
 #: obs columns of the ground truth: its task, its factual cell and the intervention mode
@@ -175,6 +177,20 @@ def intervention_mode(factual: ad.AnnData) -> InterventionMode:
     """How the bundle's twins answer ``do()``: ``causal`` (descendants recomputed) or
     ``direct``."""
     return str(_meta(factual)[UNS_PARAMS].get(PARAM_INTERVENTION_MODE, "causal"))  # type: ignore[return-value]
+
+
+def scenario_corruption(factual: ad.AnnData) -> tuple[str, int, float | None]:
+    """The corruption the scenario asks for: (kind, level, p), ``("none", 0, None)`` if none.
+
+    It is applied per task by the evaluation, not stored in the annotations.
+    """
+    params = _meta(factual).get(UNS_PARAMS, {})
+    kind = str(params.get(PARAM_CORRUPTION, "none"))
+    level = int(params.get(PARAM_CORRUPTION_LEVEL, 0))
+    p = params.get(PARAM_CORRUPTION_P)
+    if kind == "none" or level == 0:
+        return "none", 0, None
+    return kind, level, None if p is None else float(p)
 
 
 def scenario_name(factual: ad.AnnData) -> str:
