@@ -299,7 +299,10 @@ def _score(
     rows += _distribution_rows(task.name, model, seed, pred_pcs, references)
     reference, reference_labels, target_label = knn
     accuracy = m.knn_accuracy(
-        pred_pcs, np.full(pred_pcs.shape[0], target_label), reference, reference_labels
+        pred=pred_pcs,
+        reference=reference,
+        reference_labels=reference_labels,
+        target_label=target_label,
     )
     rows.append((task.name, model, seed, "pca", "knn_accuracy", accuracy, np.nan, np.nan))
     return rows

@@ -489,3 +489,61 @@ def entropic_ot(
     log_product = log_source[:, None] + log_target[None, :]
     value = (plan * cost).sum() + epsilon * (plan * (log_plan - log_product)).sum()
     return float(value)
+
+
+def matched_pair_sum(
+    a: torch.Tensor, b: torch.Tensor, reduce_tile: TileReduction, *, scale: float = 1.0
+) -> float:
+    """Sum ``reduce_tile(scale · ||a_i - b_i||²)`` over the matched rows ``i`` only.
+
+    The squared distances come from the differences ``a_i - b_i`` (no
+    cancellation), so every entry is ``>= 0`` before scaling.
+
+    Parameters
+    ----------
+    a, b : torch.Tensor, shape (n, n_dims)
+    reduce_tile : callable
+        As in :func:`blocked_pair_sum`; here it receives one row of ``n`` entries.
+    scale : float, default 1
+
+    Returns
+    -------
+    float
+        ``Σ_i reduce(scale · ||a_i - b_i||²)`` accumulated in float64.
+    """
+    difference = a - b
+    sq_dist = (difference * difference).sum(dim=1)
+    return float(reduce_tile((sq_dist * scale)[None, :]))
+
+
+def scatter_without_blocks(
+    centred: np.ndarray, blocks: Sequence[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unbiased covariance of a sample, and of the sample without each block of rows.
+
+    Parameters
+    ----------
+    centred : ndarray, shape (n, n_dims)
+        The sample centred on its mean (only the column sums' rounding is lost).
+    blocks : sequence of ndarray of int
+        Disjoint row indices; every complement must hold at least 2 rows.
+
+    Returns
+    -------
+    cov : ndarray, shape (n_dims, n_dims)
+    cov_without : list of ndarray, each shape (n_dims, n_dims)
+        ``cov_without[g]`` is the covariance (``ddof=1``) of the rows outside
+        ``blocks[g]``, from the full scatter minus the block's (one pass each).
+    """
+    n = centred.shape[0]
+    scatter = centred.T @ centred
+    total = centred.sum(axis=0)
+    cov = scatter / (n - 1)
+    cov_without = []
+    for block in blocks:
+        rows = centred[block]
+        kept = n - rows.shape[0]
+        kept_sum = total - rows.sum(axis=0)
+        kept_scatter = scatter - rows.T @ rows - np.outer(kept_sum, kept_sum) / kept
+        cov_without.append(kept_scatter / (kept - 1))
+    return cov, cov_without

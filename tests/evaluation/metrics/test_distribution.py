@@ -1,0 +1,373 @@
+"""Distribution-level distances: MMD, energy distance, Fréchet distance, Sinkhorn divergence."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import ot
+import pytest
+import scipy.linalg
+import torch
+from scipy.spatial.distance import cdist, pdist
+
+from simcell import SimcellError, SimcellWarning
+from simcell.evaluation import metrics
+
+
+def pot_sinkhorn_divergence(x: np.ndarray, y: np.ndarray, epsilon: float) -> float:
+    """Debiased entropic OT straight from POT's ``ot.solve`` (KL-regularised objective)."""
+
+    def entropic(a, b):
+        weights_a = np.full(len(a), 1 / len(a))
+        weights_b = np.full(len(b), 1 / len(b))
+        cost = ot.dist(a, b)
+        return ot.solve(cost, weights_a, weights_b, reg=epsilon, max_iter=200_000, tol=1e-13).value
+
+    return entropic(x, y) - 0.5 * entropic(x, x) - 0.5 * entropic(y, y)
+
+
+def frechet_reference(mu1, cov1, mu2, cov2) -> float:
+    """Eq. 53 with a general (non-symmetric) matrix square root from scipy."""
+    root = scipy.linalg.sqrtm(cov1 @ cov2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * np.real(root)))
+
+
+def random_spd(rng: np.random.Generator, n_dims: int) -> np.ndarray:
+    factor = rng.normal(size=(n_dims, n_dims))
+    return factor @ factor.T + 0.1 * np.eye(n_dims)
+
+
+# ----------------------------------------------------------------------------- MMD
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_mmd_equals_brute_force(rng, brute_force_mmd, paired):
+    x = rng.normal(size=(70, 6)) + 3.0
+    y = rng.normal(size=(70, 6)) * 1.3 + 3.4
+    bandwidths = (0.7, 1.9, 4.0)
+    expected = brute_force_mmd(x, y, bandwidths, paired=paired)
+    options = {"bandwidths": bandwidths, "device": "cpu", "paired": paired}
+    assert metrics.mmd(x, y, precision="float64", **options) == pytest.approx(
+        expected, rel=1e-10, abs=1e-13
+    )
+    assert metrics.mmd(x, y, **options) == pytest.approx(expected, rel=1e-5, abs=1e-8)
+
+
+def test_mmd_default_kernel_is_the_pooled_median_heuristic(two_samples, brute_force_mmd):
+    x, y = two_samples
+    median = np.median(pdist(np.vstack([x, y])))
+    bandwidths = metrics.median_heuristic_bandwidths(np.vstack([x, y]))
+    np.testing.assert_allclose(bandwidths, [0.5 * median, median, 2 * median], rtol=1e-12)
+    expected = brute_force_mmd(x, y, bandwidths)
+    assert metrics.mmd(x, y, device="cpu", precision="float64") == pytest.approx(
+        expected, rel=1e-10
+    )
+
+
+def test_median_heuristic_subsample_is_seeded(rng):
+    sample = rng.normal(size=(1500, 3))
+    first = metrics.median_heuristic_bandwidths(sample, seed=3)
+    assert metrics.median_heuristic_bandwidths(sample, seed=3) == first
+    assert metrics.median_heuristic_bandwidths(sample, seed=4) != first
+
+
+def test_mmd_of_a_sample_with_itself_matches_the_unbiased_formula(rng, brute_force_mmd):
+    x = rng.normal(size=(40, 3))
+    bandwidths = (1.0,)
+    mean_off_diagonal = brute_force_mmd(x, x, bandwidths)
+    kernel = np.exp(-cdist(x, x, "sqeuclidean") / 2)
+    k_bar = (kernel.sum() - 40) / (40 * 39)
+    assert mean_off_diagonal == pytest.approx(-2 * (1 - k_bar) / 40)
+    assert metrics.mmd(x, x, bandwidths=bandwidths, precision="float64") == pytest.approx(
+        mean_off_diagonal, rel=1e-10
+    )
+    paired = metrics.mmd(x, x, bandwidths=bandwidths, precision="float64", paired=True)
+    assert abs(paired) < 1e-12
+
+
+@pytest.mark.parametrize("bandwidths", [(0.8, 1.6, 3.2), None])
+def test_mmd_is_unbiased_under_the_null_and_positive_under_a_shift(bandwidths):
+    rng = np.random.default_rng(7)
+    n_pairs, n_cells, n_dims = 200, 20, 3
+    null = np.array(
+        [
+            metrics.mmd(
+                rng.normal(size=(n_cells, n_dims)),
+                rng.normal(size=(n_cells, n_dims)),
+                bandwidths=bandwidths,
+                device="cpu",
+            )
+            for _ in range(n_pairs)
+        ]
+    )
+    shifted = np.array(
+        [
+            metrics.mmd(
+                rng.normal(size=(n_cells, n_dims)),
+                rng.normal(size=(n_cells, n_dims)) + 0.75,
+                bandwidths=bandwidths,
+                device="cpu",
+            )
+            for _ in range(n_pairs)
+        ]
+    )
+    null_se = null.std(ddof=1) / np.sqrt(n_pairs)
+    assert abs(null.mean()) < 3.5 * null_se
+    assert (null < 0).mean() > 0.2  # the unbiased estimator goes negative under the null
+    shifted_se = shifted.std(ddof=1) / np.sqrt(n_pairs)
+    assert shifted.mean() > 10 * shifted_se
+    assert shifted.mean() > 10 * abs(null.mean())
+
+
+def test_biased_estimator_would_fail_the_null_test():
+    """Guard that the null test can fail: a V-statistic MMD has a positive mean."""
+    rng = np.random.default_rng(7)
+    values = []
+    for _ in range(200):
+        x, y = rng.normal(size=(2, 20, 3))
+        kernel = lambda a, b: np.exp(-cdist(a, b, "sqeuclidean") / (2 * 1.6**2))  # noqa: E731
+        values.append(kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean())
+    values = np.array(values)
+    assert values.mean() > 3.5 * values.std(ddof=1) / np.sqrt(len(values))
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 100_000])
+@pytest.mark.parametrize(("precision", "rel"), [("float64", 1e-11), ("float32", 1e-6)])
+def test_mmd_and_energy_do_not_depend_on_block_size(two_samples, block_size, precision, rel):
+    x, y = two_samples
+    options = {"device": "cpu", "precision": precision}
+    reference_mmd = metrics.mmd(x, y, block_size=32, **options)
+    reference_energy = metrics.energy_distance(x, y, block_size=32, **options)
+    assert metrics.mmd(x, y, block_size=block_size, **options) == pytest.approx(
+        reference_mmd, rel=rel
+    )
+    assert metrics.energy_distance(x, y, block_size=block_size, **options) == pytest.approx(
+        reference_energy, rel=rel
+    )
+
+
+def test_rbf_plan_squares_only_exact_powers_of_two():
+    from simcell.evaluation.metrics import _distances
+
+    plan = _distances.rbf_plan([2.0, 0.125, 0.5, 0.3])
+    assert plan == [(1.0, None), (pytest.approx(2.4), None), (4.0, None), (16.0, 2)]
+    assert _distances.rbf_plan([1.0, 4.0, 16.0]) == [(1.0, None), (4.0, 2), (16.0, 2)]
+
+
+# ----------------------------------------------------------------------------- energy
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_energy_distance_equals_brute_force(rng, brute_force_energy, paired):
+    x = rng.normal(size=(70, 6)) + 3.0
+    y = rng.normal(size=(70, 6)) * 1.3 + 3.4
+    expected = brute_force_energy(x, y, paired=paired)
+    options = {"device": "cpu", "paired": paired}
+    assert metrics.energy_distance(x, y, precision="float64", **options) == pytest.approx(
+        expected, rel=1e-11
+    )
+    assert metrics.energy_distance(x, y, **options) == pytest.approx(expected, rel=1e-5)
+
+
+def test_energy_distance_recomputes_near_pairs_exactly(rng, brute_force_energy):
+    """Near-duplicate cells far from the centre: the norm expansion alone would cancel."""
+    x = rng.normal(size=(50, 3)) + 1e3
+    y = x + 1e-4 * rng.normal(size=x.shape)
+    for paired in (False, True):
+        expected = brute_force_energy(x, y, paired=paired)
+        assert metrics.energy_distance(x, y, precision="float64", paired=paired) == pytest.approx(
+            expected, rel=1e-6, abs=1e-9
+        )
+    assert metrics.energy_distance(x, y) == pytest.approx(brute_force_energy(x, y), rel=1e-3)
+
+
+def test_energy_distance_is_not_squared():
+    x = np.zeros((2, 2))
+    y = np.array([[3.0, 4.0], [3.0, 4.0]])
+    assert metrics.energy_distance(x, y) == pytest.approx(10.0)  # 2 * |x - y| = 2 * 5
+
+
+# ----------------------------------------------------------------------------- Fréchet
+
+
+def test_frechet_from_moments_matches_the_closed_form(rng):
+    for n_dims in (1, 3, 8):
+        mu1, mu2 = rng.normal(size=(2, n_dims))
+        cov1, cov2 = random_spd(rng, n_dims), random_spd(rng, n_dims)
+        expected = frechet_reference(mu1, cov1, mu2, cov2)
+        assert metrics.frechet_from_moments(mu1, cov1, mu2, cov2) == pytest.approx(
+            expected, rel=1e-9
+        )
+
+
+def test_frechet_of_commuting_gaussians_is_exact():
+    # Diagonal covariances: tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½) = Σ_k (√a_k - √b_k)².
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.0])
+    mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 2.0])
+    expected = 9.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert metrics.frechet_from_moments(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(
+        expected, rel=1e-12
+    )
+
+
+def test_frechet_is_finite_on_rank_deficient_covariances(rng):
+    direction = rng.normal(size=(6, 1))
+    rank_one = direction @ direction.T
+    low_rank = rng.normal(size=(6, 2)) @ rng.normal(size=(2, 6))
+    low_rank = low_rank @ low_rank.T
+    for cov1, cov2 in [(rank_one, low_rank), (rank_one, rank_one), (np.zeros((6, 6)), rank_one)]:
+        value = metrics.frechet_from_moments(np.zeros(6), cov1, np.zeros(6), cov2)
+        assert np.isfinite(value) and value >= 0
+    assert metrics.frechet_from_moments(np.zeros(6), rank_one, np.zeros(6), rank_one) < 1e-7
+    few_cells = rng.normal(size=(4, 30))  # 4 cells in 30 dims: covariance of rank 3
+    other = rng.normal(size=(5, 30)) + 3.0
+    for estimator in ("plugin", "unbiased"):
+        value = metrics.frechet_distance(few_cells, other, estimator=estimator)
+        assert np.isfinite(value) and value > 0
+    assert metrics.frechet_distance(few_cells, few_cells, estimator="plugin") < 1e-6
+    assert abs(metrics.frechet_distance(few_cells, few_cells, paired=True)) < 1e-5
+
+
+def test_frechet_distance_of_a_translated_sample_is_the_squared_shift(two_samples):
+    x, _ = two_samples
+    shift = np.arange(6) / 3
+    expected = np.sum(shift**2)
+    assert metrics.frechet_distance(x, x + shift, estimator="plugin") == pytest.approx(
+        expected, rel=1e-8
+    )
+    # paired: the difference is constant, so both terms are exact
+    assert metrics.frechet_distance(x, x + shift, paired=True) == pytest.approx(expected, rel=1e-8)
+
+
+# ----------------------------------------------------------------------------- Sinkhorn
+
+
+def test_sinkhorn_divergence_equals_pot(rng):
+    x = rng.normal(size=(40, 3))
+    y = rng.normal(size=(30, 3)) + 0.8
+    epsilon = 0.5
+    expected = pot_sinkhorn_divergence(x, y, epsilon)
+    assert metrics.sinkhorn_divergence(x, y, epsilon=epsilon, device="cpu") == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_sinkhorn_default_epsilon_is_one_pooled_median_scale(rng):
+    x = rng.normal(size=(30, 3))
+    y = rng.normal(size=(25, 3)) + 1.0
+    epsilon = 0.05 * np.median(pdist(np.vstack([x, y]), "sqeuclidean"))
+    assert metrics.sinkhorn_divergence(x, y, device="cpu") == pytest.approx(
+        metrics.sinkhorn_divergence(x, y, epsilon=epsilon, device="cpu"), rel=1e-9
+    )
+
+
+def test_sinkhorn_that_runs_out_of_iterations_says_how_far_it_got(rng):
+    import warnings
+
+    x = rng.normal(size=(40, 3))
+    y = rng.normal(size=(30, 3)) + 3.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics.sinkhorn_divergence(x, y, epsilon=0.01, max_iter=3, tol=1e-12, device="cpu")
+    messages = [str(w.message) for w in caught]
+    assert any(
+        issubclass(w.category, SimcellWarning) and "marginal error" in str(w.message)
+        for w in caught
+    ), messages
+    assert not any("Sinkhorn did not converge" in m for m in messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged solve warns about nothing
+        metrics.sinkhorn_divergence(x, y, epsilon=0.5, device="cpu")
+
+
+# ----------------------------------------------------------------------------- self distances
+
+
+@pytest.mark.parametrize(
+    "distance",
+    [
+        functools.partial(metrics.frechet_distance, paired=True),
+        functools.partial(metrics.frechet_distance, estimator="plugin"),
+        functools.partial(metrics.sinkhorn_divergence, epsilon_scale=0.5),
+        functools.partial(metrics.energy_distance, paired=True),
+        functools.partial(metrics.mmd, paired=True, precision="float64"),
+    ],
+    ids=["fid_paired", "fid_plugin", "sinkhorn", "energy_paired", "mmd_paired"],
+)
+def test_distance_of_a_sample_to_itself_is_zero(two_samples, distance):
+    x, y = two_samples
+    assert abs(distance(x, x.copy())) <= 1e-9 * distance(x[: len(y)], y)
+    assert distance(x[: len(y)], y) > 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x, y: metrics.mmd(x, y[:, :3]), "different numbers of dims: 4 vs 3"),
+        (lambda x, y: metrics.energy_distance(x[0], y), "must be 2-D"),
+        (lambda x, y: metrics.frechet_distance(x[:2], y), "at least 3 cells"),
+        (lambda x, y: metrics.frechet_distance(x[:1], y, estimator="plugin"), "at least 2"),
+        (lambda x, y: metrics.frechet_distance(x, y, estimator="fid"), "estimator"),
+        (lambda x, y: metrics.frechet_distance(x, y, n_blocks=1), "n_blocks"),
+        (lambda x, y: metrics.mmd(x, y[:-1], paired=True), "paired=True needs as many"),
+        (lambda x, y: metrics.energy_distance(x, y[:-1], paired=True), "paired=True"),
+        (lambda x, y: metrics.frechet_distance(x, y[:-1], paired=True), "paired=True"),
+        (lambda x, y: metrics.sinkhorn_divergence(x, y[:-1], paired=True), "paired=True"),
+        (lambda x, y: metrics.mmd(x, y, block_size=0), "block_size"),
+        (lambda x, y: metrics.mmd(x, y, bandwidths=(1.0, -1.0)), "bandwidth"),
+        (lambda x, y: metrics.mmd(x, y, precision="float16"), "precision"),
+        (lambda x, y: metrics.mmd(x, y, device="tpu"), "device"),
+        (lambda x, y: metrics.sinkhorn_divergence(x, y, epsilon=0.0), "epsilon"),
+    ],
+)
+def test_bad_input_raises_one_line_error(rng, call, message):
+    x, y = rng.normal(size=(2, 20, 4))
+    with pytest.raises(SimcellError, match=message) as error:
+        call(x, y)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", ["mmd", "energy", "fid", "sinkhorn"])
+def test_non_finite_values_raise(rng, name, bad):
+    x, y = rng.normal(size=(2, 20, 4))
+    y[3, 1] = bad
+    with pytest.raises(SimcellError, match="NaN or infinite"):
+        metrics.get_metric(name).fn(pred=x, truth=y)
+
+
+def test_frechet_from_moments_rejects_invalid_covariances():
+    with pytest.raises(SimcellError, match="not positive semi-definite"):
+        metrics.frechet_from_moments(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(SimcellError, match="not symmetric"):
+        metrics.frechet_from_moments(
+            np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2)
+        )
+    with pytest.raises(SimcellError, match="same n_dims"):
+        metrics.frechet_from_moments(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(SimcellError, match="NaN or infinite"):
+        metrics.frechet_from_moments(np.array([np.nan]), np.eye(1), np.zeros(1), np.eye(1))
+
+
+# ----------------------------------------------------------------------------- device
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(two_samples):
+    x, y = two_samples
+    for fn in (metrics.mmd, metrics.energy_distance):
+        for precision, rel in (("float64", 1e-9), ("float32", 1e-5)):
+            on_gpu = fn(x, y, device="cuda", precision=precision)
+            assert on_gpu == pytest.approx(fn(x, y, device="cpu", precision=precision), rel=rel)
+        paired_x = x[: len(y)]
+        assert fn(paired_x, y, device="cuda", precision="float64", paired=True) == pytest.approx(
+            fn(paired_x, y, device="cpu", precision="float64", paired=True), rel=1e-9
+        )
+    assert metrics.sinkhorn_divergence(x, y, device="cuda") == pytest.approx(
+        metrics.sinkhorn_divergence(x, y, device="cpu"), rel=1e-7
+    )
