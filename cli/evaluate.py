@@ -46,13 +46,21 @@ def latest_bundle(root: Path = DATA_ROOT) -> Path:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--tasks", default=None, help="Comma-separated subset of tasks.")
 @click.option(
+    "--corrupt",
+    "corruptions",
+    multiple=True,
+    metavar="KIND:LEVEL",
+    help="Corrupt the annotations models see, per task (missing, irrelevant, incorrect, "
+    "duplicate); repeat for a grid  [default: the scenario's own]",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Report directory  [default: <bundle>-evaluation]",
 )
-def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
+def evaluate(bundle, models, predictions, preset, device, seed, tasks, corruptions, out):
     """Train and score models (and/or predictions) on a bundle's tasks."""
     from simcell.evaluation import evaluate as run_evaluation
     from simcell.evaluation import summary_markdown, write_report
@@ -74,6 +82,9 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             # simcell touches, and only here, in the command's entry point)
             torch.set_num_threads(1)
         task_list = [t.strip() for t in tasks.split(",")] if tasks else None
+        from simcell.evaluation import Corruption
+
+        corruptions = [Corruption.parse(text) for text in corruptions] or None
         results = run_evaluation(
             bundle,
             names,
@@ -82,7 +93,8 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             device=device,
             seed=seed,
             tasks=task_list,
-            progress=lambda message: click.echo(message, err=True),
+            corruptions=corruptions,
+            progress_bar=True,
         )
         out = out or bundle.with_name(bundle.name + "-evaluation")
         from simcell.models import DEFAULT_MODELS, get_preset
@@ -98,6 +110,8 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, out):
             "device": device,
             "seed": seed,
             "tasks": task_list,
+            "corruptions": [f"{c.kind}:{c.level}" for c in corruptions or []],
+            "timings_s": results.attrs.get("timings", {}),
         }
         title = f"simcell evaluation of {bundle}"
         write_report(results, config, out, title)
