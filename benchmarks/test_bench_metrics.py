@@ -61,12 +61,15 @@ def naive_mmd(x: np.ndarray, y: np.ndarray, bandwidths) -> float:
 
 
 def naive_energy(x: np.ndarray, y: np.ndarray) -> float:
-    """Energy distance (V-statistic) from full distance matrices."""
+    """Energy distance (unbiased U-statistic) from full distance matrices."""
 
-    def mean_distance(a, b):
-        return np.sqrt(naive_sq_dist(a, b)).mean()
+    def mean_distance(a, b, exclude_diagonal):
+        distances = np.sqrt(naive_sq_dist(a, b))
+        if exclude_diagonal:  # the diagonal is 0 up to rounding; leave it out of the mean
+            return (distances.sum() - np.trace(distances)) / (len(a) * (len(a) - 1))
+        return distances.mean()
 
-    return 2.0 * mean_distance(x, y) - mean_distance(x, x) - mean_distance(y, y)
+    return 2.0 * mean_distance(x, y, False) - mean_distance(x, x, True) - mean_distance(y, y, True)
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -215,5 +218,6 @@ def test_reference_implementations_agree_on_small_samples():
     # the reference takes square roots of rounding errors on near pairs (its diagonals)
     assert metrics.energy_distance(x, y, **options) == pytest.approx(naive_energy(x, y), rel=1e-8)
     assert metrics.energy_distance(x, y, **options) == pytest.approx(
-        2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean(), rel=1e-11
+        2 * cdist(x, y).mean() - cdist(x, x).sum() / (300 * 299) - cdist(y, y).sum() / (250 * 249),
+        rel=1e-11,
     )

@@ -8,7 +8,9 @@ Private to :mod:`simcell.evaluation.metrics`: inputs arrive validated (finite
   ``O(block_size**2 + n * n_dims)`` whatever the sample sizes.
 * :func:`rbf_tile_sum` and :func:`euclidean_tile_sum` are the two reductions
   it is used with (MMD and energy distance).
-* :func:`frechet_trace_sqrt` is the stable ``tr((Σ1 Σ2)^{1/2})``.
+* :func:`frechet_trace_sqrt` is the stable ``tr((Σ1 Σ2)^{1/2})``;
+  :func:`scatter_without_blocks` the covariances its jackknife needs.
+* :func:`matched_pair_sum` sums a kernel over the matched rows of paired samples.
 * :func:`entropic_ot` is the entropic optimal-transport objective through POT,
   :func:`symmetric_log_scaling` the warm start that makes its symmetric terms fast.
 """
@@ -331,11 +333,14 @@ def sqrtm_psd(cov: np.ndarray) -> np.ndarray:
 
 
 def frechet_trace_sqrt(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """``tr((Σ1 Σ2)^{1/2})`` computed as ``tr((Σ1^{1/2} Σ2 Σ1^{1/2})^{1/2})``.
+    """``tr((Σ1 Σ2)^{1/2})`` from the eigenvalues of a symmetric matrix similar to ``Σ1 Σ2``.
 
-    ``Σ1 Σ2`` is similar to the symmetric PSD matrix ``Σ1^{1/2} Σ2 Σ1^{1/2}``, so
-    both have the same non-negative eigenvalues; the symmetric form is solved with
-    ``eigh`` and rounding negatives are clipped at 0, which keeps the result real
+    With any factor ``Σ1 = R Rᵀ``, ``Σ1 Σ2 = R (Rᵀ Σ2 R) R⁻¹`` (or, for singular
+    ``Σ1``, the same non-zero spectrum) is similar to the symmetric PSD matrix
+    ``Rᵀ Σ2 R``, so ``tr((Σ1 Σ2)^{1/2}) = Σ sqrt(eig(Rᵀ Σ2 R))``. ``R`` is the
+    Cholesky factor when ``Σ1`` is positive definite (cheap: the whole
+    computation needs eigenvalues only), else the symmetric square root from
+    ``eigh``. Rounding negatives are clipped at 0, which keeps the result real
     and finite on singular covariances.
 
     Parameters
@@ -347,8 +352,11 @@ def frechet_trace_sqrt(cov1: np.ndarray, cov2: np.ndarray) -> float:
     -------
     float
     """
-    root1 = sqrtm_psd(cov1)
-    middle = root1 @ cov2 @ root1
+    try:
+        factor = np.linalg.cholesky(cov1)
+    except np.linalg.LinAlgError:
+        factor = sqrtm_psd(cov1)
+    middle = factor.T @ cov2 @ factor
     middle = 0.5 * (middle + middle.T)
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0.0, None)).sum())
 

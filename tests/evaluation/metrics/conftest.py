@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
+from threadpoolctl import threadpool_limits
 
 
 def _brute_force_mmd(x: np.ndarray, y: np.ndarray, bandwidths, *, paired: bool = False) -> float:
@@ -37,6 +38,17 @@ def _brute_force_energy(x: np.ndarray, y: np.ndarray, *, paired: bool = False) -
     d_xy = cdist(x, y)
     cross = (d_xy.sum() - np.trace(d_xy)) / (n * (n - 1)) if paired else d_xy.mean()
     return 2 * cross - cdist(x, x).sum() / (m * (m - 1)) - cdist(y, y).sum() / (n * (n - 1))
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Small matrices: one BLAS thread (the results do not depend on the thread count).
+
+    On a machine whose cores are busy, a threaded 128 × 128 eigendecomposition
+    waits for its other threads and runs 10-30× slower than on one.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture

@@ -371,3 +371,154 @@ def test_cuda_matches_cpu(two_samples):
     assert metrics.sinkhorn_divergence(x, y, device="cuda") == pytest.approx(
         metrics.sinkhorn_divergence(x, y, device="cpu"), rel=1e-7
     )
+
+
+# ----------------------------------------------------------------------------- paired rows, bias
+# Issue 10, defect 4: a prediction paired row by row with its true twin must not
+# gain from the pairing, and FID's finite-sample bias must not rank a perfect
+# independent sample below a copy of the source cells.
+
+
+def _paired_same_law(rng, n_cells, n_dims, correlation=0.98):
+    """``truth`` and ``pred`` of the same law N(0, I), row i of each strongly correlated."""
+    truth = rng.normal(size=(n_cells, n_dims))
+    noise = rng.normal(size=(n_cells, n_dims))
+    return correlation * truth + np.sqrt(1 - correlation**2) * noise, truth
+
+
+@pytest.mark.parametrize(
+    "distance",
+    [
+        functools.partial(metrics.mmd, bandwidths=(0.8, 1.6, 3.2), device="cpu"),
+        functools.partial(metrics.energy_distance, device="cpu"),
+    ],
+    ids=["mmd", "energy"],
+)
+def test_paired_estimator_is_unbiased_where_the_independent_one_is_not(distance):
+    """Same law (the distance is 0): over seeded replicates the paired estimator averages 0;
+    the independent-samples estimator on the same paired rows does not (the old code)."""
+    rng = np.random.default_rng(11)
+    n_replicates, n_cells, n_dims = 200, 20, 3
+    paired, unpaired, independent = [], [], []
+    for _ in range(n_replicates):
+        pred, truth = _paired_same_law(rng, n_cells, n_dims)
+        paired.append(distance(pred, truth, paired=True))
+        unpaired.append(distance(pred, truth))
+        independent.append(distance(rng.normal(size=(n_cells, n_dims)), truth))
+    paired, unpaired, independent = map(np.array, (paired, unpaired, independent))
+
+    def standard_error(values):
+        return values.std(ddof=1) / np.sqrt(n_replicates)
+
+    assert abs(paired.mean()) < 3.5 * standard_error(paired)
+    assert abs(independent.mean()) < 3.5 * standard_error(independent)
+    # ignoring the pairing biases the estimate downwards: the copy looks better than the law
+    assert unpaired.mean() < -10 * standard_error(unpaired)
+
+
+def test_paired_mmd_of_a_noisy_copy_matches_the_closed_form():
+    """pred = truth + noise (paired): the mean estimate is the Gaussian closed form of MMD²."""
+    rng = np.random.default_rng(12)
+    n_replicates, n_cells, n_dims, noise, width = 200, 20, 2, 0.5, 1.5
+
+    def mean_kernel(
+        var_a, var_b
+    ):  # E exp(-|a - b|² / 2w²) for a ~ N(0, var_a I), b ~ N(0, var_b I)
+        return (width**2 / (width**2 + var_a + var_b)) ** (n_dims / 2)
+
+    pred_var = 1 + noise**2
+    closed_form = mean_kernel(pred_var, pred_var) + mean_kernel(1, 1) - 2 * mean_kernel(pred_var, 1)
+    values = []
+    for _ in range(n_replicates):
+        truth = rng.normal(size=(n_cells, n_dims))
+        pred = truth + noise * rng.normal(size=truth.shape)
+        values.append(metrics.mmd(pred, truth, paired=True, bandwidths=(width,), device="cpu"))
+    values = np.array(values)
+    assert abs(values.mean() - closed_form) < 3.5 * values.std(ddof=1) / np.sqrt(n_replicates)
+
+
+def _gaussian(rng, mean, cov, n_cells):
+    return rng.multivariate_normal(mean, cov, size=n_cells, method="cholesky")
+
+
+def test_fid_of_two_samples_of_one_gaussian_in_128_dims_is_near_zero():
+    """n = 1000 per sample, 128 dims: the plug-in FID is about 6; the estimator about 0."""
+    rng = np.random.default_rng(13)
+    n_dims, n_cells = 128, 1000
+    factor = rng.normal(size=(n_dims, n_dims)) / np.sqrt(n_dims)
+    cov = factor @ factor.T + 0.1 * np.eye(n_dims)
+    root = np.linalg.cholesky(cov)
+    plugin, unbiased = [], []
+    for replicate in range(3):
+        x = rng.normal(size=(n_cells, n_dims)) @ root.T
+        y = rng.normal(size=(n_cells, n_dims)) @ root.T
+        plugin.append(metrics.frechet_distance(x, y, estimator="plugin"))
+        unbiased.append(metrics.frechet_distance(x, y, seed=replicate))
+    assert min(plugin) > 4.0
+    assert abs(np.mean(unbiased)) < 0.3
+    assert max(np.abs(unbiased)) < 0.1 * min(plugin)
+
+
+def test_fid_ranks_a_perfect_sample_above_a_copy_of_the_source_cells():
+    """The artefact of the issue: identity (paired, shifted twins) beat a perfect sample."""
+    rng = np.random.default_rng(14)
+    n_dims, n_cells = 128, 1000
+    truth = rng.normal(size=(n_cells, n_dims))
+    shift = np.full(n_dims, np.sqrt(1.5 / n_dims))  # true FID of the copy: |shift|² = 1.5
+    source_cells = truth - shift  # identity: each twin minus the effect, row for row
+    perfect = rng.normal(size=(n_cells, n_dims))  # an independent sample of the true law
+    plugin_identity = metrics.frechet_distance(source_cells, truth, estimator="plugin")
+    plugin_perfect = metrics.frechet_distance(perfect, truth, estimator="plugin")
+    assert plugin_perfect > plugin_identity  # the plug-in ranks them the wrong way round
+    identity = metrics.frechet_distance(source_cells, truth, paired=True)
+    assert identity == pytest.approx(1.5, rel=1e-6)
+    assert abs(metrics.frechet_distance(perfect, truth)) < 0.3 < identity
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_fid_matches_the_closed_form_of_two_gaussians(paired):
+    """Seeded Monte Carlo: the mean estimate is eq. 53 of the two laws; the plug-in's is not."""
+    rng = np.random.default_rng(15 + paired)
+    n_replicates, n_dims, n_cells = 20, 24, 300
+    factor = rng.normal(size=(n_dims, n_dims)) / np.sqrt(n_dims)
+    cov_truth = factor @ factor.T + 0.2 * np.eye(n_dims)
+    mixing = np.eye(n_dims) + 0.3 * rng.normal(size=(n_dims, n_dims)) / np.sqrt(n_dims)
+    offset = 0.1 * rng.normal(size=n_dims)
+    noise_var = 0.3
+    # pred = truth @ mixing.T + offset + noise: Gaussian with these moments
+    cov_pred = mixing @ cov_truth @ mixing.T + noise_var * np.eye(n_dims)
+    closed_form = metrics.frechet_from_moments(offset, cov_pred, np.zeros(n_dims), cov_truth)
+    root = np.linalg.cholesky(cov_truth)
+    estimates, plugins = [], []
+    for replicate in range(n_replicates):
+        truth = rng.normal(size=(n_cells, n_dims)) @ root.T
+        source = truth if paired else rng.normal(size=(n_cells, n_dims)) @ root.T
+        pred = source @ mixing.T + offset + np.sqrt(noise_var) * rng.normal(size=truth.shape)
+        estimates.append(metrics.frechet_distance(pred, truth, paired=paired, seed=replicate))
+        plugins.append(metrics.frechet_distance(pred, truth, estimator="plugin"))
+    estimates, plugins = np.array(estimates), np.array(plugins)
+    standard_error = estimates.std(ddof=1) / np.sqrt(n_replicates)
+    assert abs(estimates.mean() - closed_form) < max(3.5 * standard_error, 0.01 * closed_form)
+    assert plugins.mean() - closed_form > 10 * standard_error
+
+
+def test_paired_sinkhorn_gives_a_copy_of_the_twins_no_advantage():
+    """S_ε of a near-copy of the truth is ~0, below a perfect independent sample; paired
+    (disjoint halves), the two have the same law."""
+    rng = np.random.default_rng(16)
+    n_replicates, n_cells, n_dims, epsilon = 40, 40, 2, 0.5
+    copy_paired, perfect_paired, copy_unpaired, perfect_unpaired = [], [], [], []
+    for replicate in range(n_replicates):
+        truth = rng.normal(size=(n_cells, n_dims))
+        copy = truth + 0.01 * rng.normal(size=truth.shape)
+        perfect = rng.normal(size=(n_cells, n_dims))
+        options = {"epsilon": epsilon, "device": "cpu", "seed": replicate}
+        copy_paired.append(metrics.sinkhorn_divergence(copy, truth, paired=True, **options))
+        perfect_paired.append(metrics.sinkhorn_divergence(perfect, truth, paired=True, **options))
+        copy_unpaired.append(metrics.sinkhorn_divergence(copy, truth, **options))
+        perfect_unpaired.append(metrics.sinkhorn_divergence(perfect, truth, **options))
+    copy_paired, perfect_paired = np.array(copy_paired), np.array(perfect_paired)
+    assert np.mean(copy_unpaired) < 0.05 * np.mean(perfect_unpaired)
+    difference = copy_paired - perfect_paired
+    assert abs(difference.mean()) < 3.5 * difference.std(ddof=1) / np.sqrt(n_replicates)
+    assert copy_paired.mean() > 0.5 * perfect_paired.mean()
