@@ -56,6 +56,9 @@ MAX_DISTRIBUTION_CELLS = 1000
 #: log-domain solver is the costliest metric, and its iteration budget
 MAX_SINKHORN_CELLS = 150
 SINKHORN_OPTIONS = {"max_iter": 1000, "tol": 1e-6}
+#: cells per reference population when searching for the nearest one (once per
+#: task and ratio metric; the ratios themselves use the full populations)
+MAX_SEARCH_CELLS = 300
 
 
 @dataclass(frozen=True)
@@ -220,12 +223,14 @@ def _populations(data: TaskData, seed: int) -> _Populations:
     for metric in m.list_metrics("distribution"):
         if "references" not in metric.inputs or not data.references:
             continue
-        refs = [
-            r[_pick(r.shape[0], MAX_SINKHORN_CELLS, rng)] if _uses_epsilon(metric) else r
-            for r in data.references
-        ]
-        goal = small_target if _uses_epsilon(metric) else target
-        nearest[metric.name] = _nearest(metric, refs, goal, shared, data.name)
+        limit = MAX_SINKHORN_CELLS if _uses_epsilon(metric) else MAX_SEARCH_CELLS
+        picks = [_pick(r.shape[0], limit, rng) for r in data.references]
+        goal = small_target if _uses_epsilon(metric) else target[: 2 * MAX_SEARCH_CELLS]
+        search = [r[pick] for r, pick in zip(data.references, picks, strict=True)]
+        index = _nearest(metric, search, goal, shared, data.name)
+        if index is not None:
+            population = data.references[index]
+            nearest[metric.name] = search[index] if _uses_epsilon(metric) else population
     return _Populations(cells, small, target, small_target, paired, bandwidths, epsilon, nearest)
 
 
@@ -237,7 +242,8 @@ def _call(metric: m.Metric, context: Mapping) -> float | np.ndarray:
 
 
 def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task: str):
-    """The reference population closest to ``goal`` under a ratio metric's distance.
+    """Index of the reference population closest to ``goal`` under a ratio metric's
+    distance (None when every candidate denominator is at distance <= 0).
 
     The ratio of population r against one fixed denominator population orders
     the populations by their distance to the goal, so the metric itself finds
@@ -257,7 +263,7 @@ def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task:
                 ]
         except SimcellError:  # this denominator is at distance <= 0: try another
             continue
-        return refs[int(np.argmin(ratios))]
+        return int(np.argmin(ratios))
     return None
 
 

@@ -256,13 +256,13 @@ def _subsample(positions: np.ndarray, limit: int, rng: np.random.Generator) -> n
     return np.sort(rng.choice(positions, limit, replace=False))
 
 
-def _project(preprocessor: Preprocessor, counts) -> np.ndarray:
-    """PCs of many cells, log-normalised block by block (no dense copy of them all)."""
-    n = counts.shape[0]
-    out = np.empty((n, preprocessor.pca.n_components_), dtype=np.float32)
-    for start in range(0, n, PROJECTION_CHUNK):
-        stop = min(start + PROJECTION_CHUNK, n)
-        out[start:stop] = preprocessor.to_pca(preprocessor.lognorm(counts[start:stop]))
+def _project(preprocessor: Preprocessor, counts, rows: np.ndarray) -> np.ndarray:
+    """PCs of the cells at ``rows``, log-normalised block by block (no dense copy of
+    them all, and no copy of their sparse rows either)."""
+    out = np.empty((rows.size, preprocessor.pca.n_components_), dtype=np.float32)
+    for start in range(0, rows.size, PROJECTION_CHUNK):
+        stop = min(start + PROJECTION_CHUNK, rows.size)
+        out[start:stop] = preprocessor.to_pca(preprocessor.lognorm(counts[rows[start:stop]]))
     return out
 
 
@@ -280,7 +280,7 @@ def fit_preprocessor(
         the part the PCA is fitted on.
     n_components, seed : int
     """
-    totals = np.asarray(counts[train].sum(axis=1), dtype=np.float64).ravel()
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()[train]
     target_sum = float(np.median(totals))
     fit = lognormalise(counts[pca_cells], target_sum)
     n = min(n_components, fit.shape[0] - 1, fit.shape[1])
@@ -347,12 +347,12 @@ def build_task(bundle, task: str, *, n_components: int = 128, seed: int = 0) -> 
     labels = np.char.add(np.char.add(types.astype(str), "|"), _state_text(state))
     target_label = f"{info.cell_type}|1"
 
-    x_train = _project(pre, counts[train])
+    x_train = _project(pre, counts, train)
     out_of_sample = np.isin(train, reference_cells)
     intervene_genes = pre.lognorm(counts[intervene])
     x_intervene = pre.to_pca(intervene_genes)
     heldout_kept = _subsample(heldout, MAX_POPULATION_CELLS, stream(seed, task, "heldout"))
-    heldout_pcs = _project(pre, counts[heldout_kept]) if heldout_kept.size else x_train[:0]
+    heldout_pcs = _project(pre, counts, heldout_kept) if heldout_kept.size else x_train[:0]
 
     references, reference_labels = [], []
     x_rest, rest_labels = x_train[out_of_sample], labels[train][out_of_sample]
