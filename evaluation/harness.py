@@ -625,8 +625,8 @@ def evaluate(
         kind, level). Models are trained once per condition. Default: the
         scenario's own corruption (none for the presets).
     cell_level : bool, optional
-        Require the cell-level scores (an error on a bundle without truth);
-        default: computed when the truth is present.
+        True: require the cell-level scores (an error on a bundle without
+        truth); False: skip them; default: computed when the truth is present.
     progress : callable, optional
         Called with ``"[step/total] task: what, ETA s"`` before each step.
     progress_bar : bool
@@ -678,6 +678,7 @@ def evaluate(
                 n_components=n_components,
                 oracle_samples=oracle_samples,
                 n_boot=n_boot,
+                cells=truth_present and cell_level is not False,
             )
     finally:
         timings = clock.close()
@@ -699,7 +700,9 @@ def _evaluate_task(
     n_components,
     oracle_samples,
     n_boot,
+    cells: bool,
 ) -> list[ResultRow]:
+    """Every row of one task; ``cells``: compute the cell-level errors."""
     seed = config.seed
     with clock.step(name, "preprocessing"):
         data = build_task(bundle, name, n_components=n_components, seed=seed)
@@ -712,7 +715,7 @@ def _evaluate_task(
             with contextlib.suppress(SimcellError):
                 truth_leak = _leakage(data, truth.pcs, seed)
         # identity: the factual cells
-        if truth is not None:
+        if cells:
             rows += _cell_rows(data, IDENTITY, data.x_intervene, data.intervene_genes, base, n_boot)
         rows += _population_rows(data, IDENTITY, data.x_intervene, base, pops, paired=True)
         rows += _leakage_rows(data, IDENTITY, data.x_intervene, base, truth_leak)
@@ -724,22 +727,23 @@ def _evaluate_task(
     if truth is not None:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):
-            # two independent half-means: their average is the prediction, their
-            # cross product the Bayes MSE without the Monte-Carlo excess
-            gene_halves = posterior.mean_halves(
-                data.preprocessor.lognorm, oracle_samples, stream(seed, name, "oracle")
-            )
-            oracle_genes = 0.5 * (gene_halves[0] + gene_halves[1])
-            pca_halves = tuple(data.preprocessor.to_pca(h) for h in gene_halves)
-            rows += _cell_rows(
-                data,
-                ORACLE,
-                data.preprocessor.to_pca(oracle_genes),
-                oracle_genes,
-                base,
-                n_boot,
-                (pca_halves, gene_halves),
-            )
+            if cells:
+                # two independent half-means: their average is the prediction, their
+                # cross product the Bayes MSE without the Monte-Carlo excess
+                gene_halves = posterior.mean_halves(
+                    data.preprocessor.lognorm, oracle_samples, stream(seed, name, "oracle")
+                )
+                oracle_genes = 0.5 * (gene_halves[0] + gene_halves[1])
+                pca_halves = tuple(data.preprocessor.to_pca(h) for h in gene_halves)
+                rows += _cell_rows(
+                    data,
+                    ORACLE,
+                    data.preprocessor.to_pca(oracle_genes),
+                    oracle_genes,
+                    base,
+                    n_boot,
+                    (pca_halves, gene_halves),
+                )
             sample = posterior.sample(stream(seed, name, "oracle_sample"))
             _, sample_pcs = data.project(sample)
             rows += _population_rows(data, ORACLE_SAMPLE, sample_pcs, base, pops, paired=True)
@@ -760,7 +764,7 @@ def _evaluate_task(
                     raise SimcellError(
                         f"model {model_name} returned NaN or infinite values on {name}"
                     )
-                if truth is not None:
+                if cells:
                     rows += _cell_rows(data, model_name, pcs, data.to_genes(pcs), labels, n_boot)
                 rows += _population_rows(data, model_name, pcs, labels, pops, paired=True)
                 rows += _inversion_rows(data, model_name, model, annotations, labels)
@@ -780,7 +784,7 @@ def _evaluate_task(
         with clock.step(name, "predictions"):
             genes = _brought_genes(brought, data, bundle.factual, data.preprocessor)
             pcs = data.preprocessor.to_pca(genes)
-            if truth is not None:
+            if cells:
                 rows += _cell_rows(data, PREDICTIONS, pcs, genes, base, n_boot)
             rows += _population_rows(data, PREDICTIONS, pcs, base, pops, paired=True)
             rows += _leakage_rows(data, PREDICTIONS, pcs, base, truth_leak)

@@ -149,6 +149,8 @@ def test_without_truth_only_distribution_metrics_run(strong):
     assert "oracle" not in set(table.model)
     with pytest.raises(SimcellError, match="cell-level scores need the true counterfactuals"):
         evaluate(real, models=[], cell_level=True, **FAST)
+    skipped = evaluate(strong, models=[], cell_level=False, **FAST)
+    assert not skipped.metric.isin(["mse", "mae"]).any() and "mmd" in set(skipped.metric)
 
 
 def test_corruption_is_per_task_and_labelled(strong, task0):
