@@ -43,6 +43,14 @@ from simcell.cli._errors import user_errors
     help="Read the bundle without checking its manifest, checksums and metadata.",
 )
 @click.option(
+    "--corrupt",
+    "corruptions",
+    multiple=True,
+    metavar="KIND:LEVEL",
+    help="Corrupt the annotations models see, per task (missing, irrelevant, incorrect, "
+    "duplicate); repeat for a grid  [default: the scenario's own]",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -54,7 +62,9 @@ from simcell.cli._errors import user_errors
     is_flag=True,
     help="Write into a folder holding other files: replace simcell's own, keep the rest.",
 )
-def evaluate(bundle, models, predictions, preset, device, seed, tasks, no_verify, out, overwrite):
+def evaluate(
+    bundle, models, predictions, preset, device, seed, tasks, no_verify, corruptions, out, overwrite
+):
     """Train and score models (and/or predictions) on a bundle's tasks."""
     from simcell.evaluation import summary_markdown
     from simcell.evaluation.run import plan_evaluation, run_evaluation
@@ -72,6 +82,7 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, no_verify
             out=out,
             verify=not no_verify,
             overwrite=overwrite,
+            corruptions=corruptions,
         )
         if plan.preset == "fast" and plan.device == "cpu":
             import torch
@@ -80,6 +91,6 @@ def evaluate(bundle, models, predictions, preset, device, seed, tasks, no_verify
             # them 10x slower on a busy 2-core machine (the only global state
             # simcell touches, and only here, in the command's entry point)
             torch.set_num_threads(1)
-        results = run_evaluation(plan, progress=lambda message: click.echo(message, err=True))
+        results = run_evaluation(plan)  # with a progress bar on stderr
     click.echo(summary_markdown(results, plan.title))
     click.echo(f"Evaluated in {time.perf_counter() - started:.0f} s; report written to {plan.out}.")

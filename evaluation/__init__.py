@@ -2,12 +2,11 @@
 
 from simcell.evaluation.harness import (
     RESULT_COLUMNS,
+    ResultRow,
     add_gap_closed,
     debiased_mse,
     evaluate,
-    oracle_inputs,
-    oracle_prediction,
-    task_data,
+    results_frame,
 )
 from simcell.evaluation.metrics import (
     bootstrap_ci,
@@ -25,9 +24,15 @@ from simcell.evaluation.oracle import OracleInputs, oracle_counterfactual
 from simcell.evaluation.predictions import read_predictions
 from simcell.evaluation.preprocess import Preprocessor, lognormalise
 from simcell.evaluation.report import summary_markdown, write_report
+from simcell.evaluation.tasks import Corruption, TaskData, build_task
 
 __all__ = [
     "RESULT_COLUMNS",
+    "Corruption",
+    "ResultRow",
+    "TaskData",
+    "build_task",
+    "results_frame",
     "OracleInputs",
     "Preprocessor",
     "add_gap_closed",
@@ -41,14 +46,11 @@ __all__ = [
     "lognormalise",
     "mmd",
     "oracle_counterfactual",
-    "oracle_inputs",
-    "oracle_prediction",
     "read_predictions",
     "rfid",
     "rmmd",
     "rsd",
     "sinkhorn_divergence",
     "summary_markdown",
-    "task_data",
     "write_report",
 ]

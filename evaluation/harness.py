@@ -1,38 +1,109 @@
-"""The harness: runs models (or reads predictions) on a bundle's tasks and scores them."""
+"""The harness: runs models (or reads predictions) on a bundle's tasks and scores them.
+
+It is a loop. For each task a :class:`~simcell.evaluation.tasks.TaskData` is built
+once; each prediction (a model's, a reference row's or a file's) gets a context
+of named arrays, and every registered metric whose declared inputs are in the
+context is called (:func:`simcell.evaluation.metrics.list_metrics`). Results are
+typed :class:`ResultRow` values, gathered into a DataFrame.
+
+Rows beside the models, for every task:
+
+* ``identity`` — the factual cell, unchanged (the trivial baseline);
+* ``oracle`` — the exact posterior mean E[x' | x] (the Bayes-optimal predictor),
+  scored by the cell-level errors only: it is a floor under every model's error;
+* ``oracle_sample`` — one exact posterior draw per cell (the Bayes-optimal
+  sampler), scored by the distributional and classification metrics;
+* ``noise_floor`` — an independent sample of the true counterfactual law (same
+  cells' covariates and concepts, fresh exogenous noise): what a perfect
+  sampler scores on a distributional metric, given the finite populations;
+* ``heldout`` — the task's real (u, k = 1) cells against the truth: how far an
+  observed population of the target type is.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import astuple, dataclass, field, fields
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from simcell import SimcellError, SimcellWarning
+from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
-from simcell.evaluation.oracle import OracleInputs, oracle_counterfactual
+from simcell.evaluation.oracle import oracle_posterior
 from simcell.evaluation.predictions import _brought_genes, read_predictions
-from simcell.evaluation.preprocess import Preprocessor
-from simcell.simulator import Bundle, read_bundle
+from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
+from simcell.simulator import Bundle, read_bundle, same_law_sample, schema
 
 log = logging.getLogger(__name__)
 
-IDENTITY, ORACLE = "identity", "oracle"
-CELL_METRICS = ("mse", "mae", "pearson", "r2")
+IDENTITY, ORACLE, ORACLE_SAMPLE = "identity", "oracle", "oracle_sample"
+NOISE_FLOOR, HELDOUT, PREDICTIONS = "noise_floor", "heldout", "predictions"
+#: rows that are not models: the report shows them as references
+REFERENCE_ROWS = (ORACLE, ORACLE_SAMPLE, NOISE_FLOOR, HELDOUT, IDENTITY)
 #: cells per population used for distribution metrics (seeded subsample)
 MAX_DISTRIBUTION_CELLS = 1000
-#: cells per population for the Sinkhorn divergence, whose log-domain solver is
-#: the costliest metric, and its iteration budget
+#: cells per population for metrics with an entropic ε (Sinkhorn), whose
+#: log-domain solver is the costliest metric, and its iteration budget
 MAX_SINKHORN_CELLS = 150
 SINKHORN_OPTIONS = {"max_iter": 1000, "tol": 1e-6}
+#: cells per reference population when searching for the nearest one (once per
+#: task and ratio metric; the ratios themselves use the full populations)
+MAX_SEARCH_CELLS = 300
 
-RESULT_COLUMNS = ["task", "model", "seed", "space", "metric", "value", "ci_low", "ci_high"]
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One score.
+
+    Attributes
+    ----------
+    task, model : str
+    seed : int
+        The harness / model seed.
+    space : {"pca", "genes", "latent"}
+    metric : str
+        A registered metric's name, possibly with a suffix (``mse_affected``,
+        ``leakage_concept_after``, ``gap_closed``, ``inversion_error``).
+    value, ci_low, ci_high : float
+        The score and its bootstrap CI (cell-level metrics; NaN otherwise).
+    scenario : str
+    data_seed : int
+        The bundle's simulation seed (-1 if unknown).
+    corruption : str
+        Corruption kind of the annotations the model saw (``none``).
+    level : int
+        Its level (0 for ``none``).
+    """
+
+    task: str
+    model: str
+    seed: int
+    space: str
+    metric: str
+    value: float
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    scenario: str = ""
+    data_seed: int = -1
+    corruption: str = "none"
+    level: int = 0
+
+
+RESULT_COLUMNS = [f.name for f in fields(ResultRow)]
+
+
+def results_frame(rows: Iterable[ResultRow]) -> pd.DataFrame:
+    """Rows -> the results table (columns :data:`RESULT_COLUMNS`)."""
+    return pd.DataFrame([astuple(row) for row in rows], columns=RESULT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -48,6 +119,7 @@ class EvaluationConfig:
     n_boot: int = 1000
     predictions: str | None = None
     tasks: tuple[str, ...] = field(default=())
+    corruptions: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict:
         return {
@@ -60,83 +132,8 @@ class EvaluationConfig:
             "n_boot": self.n_boot,
             "predictions": self.predictions,
             "tasks": list(self.tasks),
+            "corruptions": list(self.corruptions),
         }
-
-
-@dataclass(frozen=True, eq=False)
-class TaskData:
-    """One task's cells, in the harness's representation."""
-
-    name: str
-    concept: str
-    cell_type: str
-    train: np.ndarray  # positions
-    intervene: np.ndarray  # positions, in counterfactual-row order
-    truth_counts: sp.csr_matrix
-    truth_concepts: np.ndarray
-    preprocessor: Preprocessor
-
-
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
-
-
-def task_data(bundle: Bundle, task: str, *, n_components: int, seed: int) -> TaskData:
-    """Split, ground truth and preprocessing of one task."""
-    factual, truth = bundle.factual, bundle.counterfactual
-    split = factual.obs[f"split:{task}"].to_numpy().astype(str)
-    rows = np.flatnonzero(truth.obs["task"].to_numpy().astype(str) == task)
-    sources = factual.obs_names.get_indexer(truth.obs["source_cell"].to_numpy()[rows])
-    train = np.flatnonzero(split == "train")
-    meta = bundle.factual.uns["simcell"]["tasks"]
-    info = meta[meta["name"] == task].iloc[0]
-    preprocessor = Preprocessor.fit(factual.X[train], n_components=n_components, seed=seed)
-    return TaskData(
-        name=task,
-        concept=str(info["concept"]),
-        cell_type=str(info["cell_type"]),
-        train=train,
-        intervene=sources,
-        truth_counts=truth.X[rows],
-        truth_concepts=truth.obsm["concepts_true"].to_numpy()[rows],
-        preprocessor=preprocessor,
-    )
-
-
-def oracle_prediction(
-    bundle: Bundle, data: TaskData, *, n_samples: int, rng: np.random.Generator
-) -> np.ndarray:
-    """The oracle's log-normalised prediction for a task's intervene cells."""
-    return oracle_counterfactual(
-        oracle_inputs(bundle, data), data.preprocessor.lognorm, n_samples=n_samples, rng=rng
-    )
-
-
-def oracle_inputs(bundle: Bundle, data: TaskData) -> OracleInputs:
-    """What the oracle knows about a task's intervene cells: counts and true parameters."""
-    factual = bundle.factual
-    meta = factual.uns["simcell"]
-    cells = data.intervene
-    obs = factual.obs.iloc[cells]
-    concepts = factual.obsm["concepts_true"].to_numpy()[cells]
-    effects = np.asarray(factual.varm["concept_effects"]).T  # (K, G)
-    log_rate = (
-        factual.var["baseline"].to_numpy()[None, :]
-        + np.asarray(factual.varm["batch_effects"]).T[obs["batch"].cat.codes.to_numpy()]
-        + np.asarray(factual.varm["tissue_effects"]).T[obs["tissue"].cat.codes.to_numpy()]
-        + np.asarray(factual.varm["cell_type_effects"]).T[obs["cell_type"].cat.codes.to_numpy()]
-        + concepts @ effects
-    )
-    shift = (data.truth_concepts - concepts) @ effects
-    return OracleInputs(
-        counts=_dense(factual.X[cells]),
-        log_rate_mean=log_rate,
-        shift=shift,
-        library_size_sd=np.asarray(meta["world"]["library_size_sd"])[
-            obs["batch"].cat.codes.to_numpy()
-        ],
-        noise_sd=float(meta["params"]["noise_sd"]),
-    )
 
 
 def debiased_mse(half_a: np.ndarray, half_b: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -156,21 +153,6 @@ def debiased_mse(half_a: np.ndarray, half_b: np.ndarray, truth: np.ndarray) -> n
     return np.mean((half_a - truth) * (half_b - truth), axis=1)
 
 
-def _cell_rows(task, model, seed, space, pred, truth, n_boot, rng, suffix="", halves=None):
-    rows = []
-    for name in CELL_METRICS:
-        if name == "mse" and halves is not None:
-            per_cell = debiased_mse(*halves, truth)
-        else:
-            per_cell = m.get_metric(name).fn(pred, truth)
-        per_cell = per_cell[np.isfinite(per_cell)]
-        if per_cell.size == 0:
-            continue
-        mean, low, high = m.bootstrap_ci(per_cell, n_boot=n_boot, rng=rng)
-        rows.append((task, model, seed, space, name + suffix, mean, low, high))
-    return rows
-
-
 @contextlib.contextmanager
 def _budget_notes(what: str):
     """Log, rather than raise, the warnings of solvers run on a fixed budget.
@@ -188,136 +170,282 @@ def _budget_notes(what: str):
             warnings.warn(warning.message, warning.category, stacklevel=3)
 
 
-def _subsample(cells: np.ndarray, seed: int, limit: int = MAX_DISTRIBUTION_CELLS) -> np.ndarray:
-    if cells.shape[0] <= limit:
-        return cells
-    rng = np.random.default_rng(seed)
-    return cells[np.sort(rng.choice(cells.shape[0], limit, replace=False))]
+# ----------------------------------------------------------------------------- per task
 
 
 @dataclass(frozen=True, eq=False)
-class _Target:
-    """A task's target population, its reference populations and the kernel / ε of
-    every distribution metric, computed once so each model costs one distance."""
+class _Populations:
+    """What every distributional score of a task shares, computed once.
 
+    ``cells`` / ``small`` index the intervene rows kept for the distributional
+    metrics (and, for metrics with an entropic ε, the smaller set): a paired
+    prediction and the truth are subsampled with the SAME indices. ``target`` is
+    the truth, or the heldout cells when the bundle has no truth. ``nearest``
+    holds, per ratio metric, the closest reference population (found once).
+    """
+
+    cells: np.ndarray
+    small: np.ndarray
     target: np.ndarray
     small_target: np.ndarray
+    paired_target: bool
     bandwidths: tuple[float, ...]
     epsilon: float
-    nearest: dict  # ratio name -> the closest reference population
+    nearest: dict
 
-    @classmethod
-    def build(cls, target: np.ndarray, references: list[np.ndarray], seed: int) -> _Target:
-        target_s = _subsample(target, seed + 1)
-        refs = [_subsample(r, seed + 2 + i) for i, r in enumerate(references)]
-        small_target = _subsample(target_s, seed + 100, MAX_SINKHORN_CELLS)
-        small_refs = [_subsample(r, seed + 101 + i, MAX_SINKHORN_CELLS) for i, r in enumerate(refs)]
-        bandwidths = m.median_heuristic_bandwidths(target_s, seed=0)
-        epsilon = 0.05 * float(
-            np.median(
-                ((small_target[:, None, :] - small_target[None, :, :]) ** 2).sum(-1)[
-                    np.triu_indices(small_target.shape[0], 1)
+
+def _pick(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= limit else np.sort(rng.choice(n, limit, replace=False))
+
+
+def _uses_epsilon(metric: m.Metric) -> bool:
+    """Entropic-OT metrics (they take ``epsilon``) run on the smaller subsample."""
+    return "epsilon" in metric.options
+
+
+def _populations(data: TaskData, seed: int) -> _Populations:
+    if data.truth is not None:
+        full, paired = data.truth.pcs, True
+    elif data.heldout_pcs.shape[0] >= 2:
+        full, paired = data.heldout_pcs, False
+    else:
+        raise SimcellError(f"{data.name}: no truth and fewer than 2 heldout cells to compare with")
+    cells = _pick(full.shape[0], MAX_DISTRIBUTION_CELLS, stream(seed, data.name, "dist cells"))
+    small = cells[_pick(cells.size, MAX_SINKHORN_CELLS, stream(seed, data.name, "ot cells"))]
+    target, small_target = full[cells], full[small]
+    bandwidths = tuple(m.median_heuristic_bandwidths(target, seed=0))
+    pairs = ((small_target[:, None, :] - small_target[None, :, :]) ** 2).sum(-1)
+    epsilon = 0.05 * float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
+    shared = {"bandwidths": bandwidths, "epsilon": epsilon, "seed": 0, **SINKHORN_OPTIONS}
+    nearest = {}
+    rng = stream(seed, data.name, "ot references")
+    for metric in m.list_metrics("distribution"):
+        if "references" not in metric.inputs or not data.references:
+            continue
+        limit = MAX_SINKHORN_CELLS if _uses_epsilon(metric) else MAX_SEARCH_CELLS
+        picks = [_pick(r.shape[0], limit, rng) for r in data.references]
+        goal = small_target if _uses_epsilon(metric) else target[: 2 * MAX_SEARCH_CELLS]
+        search = [r[pick] for r, pick in zip(data.references, picks, strict=True)]
+        index = _nearest(metric, search, goal, shared, data.name)
+        if index is not None:
+            population = data.references[index]
+            nearest[metric.name] = search[index] if _uses_epsilon(metric) else population
+    return _Populations(cells, small, target, small_target, paired, bandwidths, epsilon, nearest)
+
+
+def _call(metric: m.Metric, context: Mapping) -> float | np.ndarray:
+    """Call a metric with the inputs it declares (and the options the context has)."""
+    kwargs = {k: context[k] for k in metric.inputs}
+    kwargs.update({k: context[k] for k in metric.options if k in context})
+    return metric.fn(**kwargs)
+
+
+def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task: str):
+    """Index of the reference population closest to ``goal`` under a ratio metric's
+    distance (None when every candidate denominator is at distance <= 0).
+
+    The ratio of population r against one fixed denominator population orders
+    the populations by their distance to the goal, so the metric itself finds
+    the nearest without the harness knowing its distance.
+    """
+    for denominator in refs:
+        try:
+            with _budget_notes(f"{task} reference populations"):
+                ratios = [
+                    float(
+                        _call(
+                            metric,
+                            {**shared, "pred": r, "truth": goal, "references": [denominator]},
+                        )
+                    )
+                    for r in refs
                 ]
+        except SimcellError:  # this denominator is at distance <= 0: try another
+            continue
+        return int(np.argmin(ratios))
+    return None
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """The columns a row carries beyond its task, model and metric."""
+
+    seed: int
+    scenario: str
+    data_seed: int
+    corruption: Corruption = NO_CORRUPTION
+
+    def row(self, task, model, space, metric, value, low=math.nan, high=math.nan) -> ResultRow:
+        return ResultRow(
+            task=task,
+            model=model,
+            seed=self.seed,
+            space=space,
+            metric=metric,
+            value=float(value),
+            ci_low=float(low),
+            ci_high=float(high),
+            scenario=self.scenario,
+            data_seed=self.data_seed,
+            corruption=self.corruption.kind,
+            level=self.corruption.level,
+        )
+
+
+def _cell_rows(
+    data: TaskData,
+    model: str,
+    pcs: np.ndarray,
+    genes: np.ndarray,
+    labels: _Labels,
+    n_boot: int,
+    halves: tuple | None = None,
+) -> list[ResultRow]:
+    """Cell-level errors against each cell's own twin, in PCA and gene space."""
+    truth = data.truth
+    rng = stream(labels.seed, data.name, model, "bootstrap")
+    pca_halves, gene_halves = halves if halves is not None else (None, None)
+    spaces = [
+        ("pca", "", pcs, truth.pcs, pca_halves),
+        ("genes", "", genes, truth.genes, gene_halves),
+    ]
+    if data.affected.sum() >= 2:  # correlations need two genes
+        keep = data.affected
+        spaces.append(
+            (
+                "genes",
+                "_affected",
+                genes[:, keep],
+                truth.genes[:, keep],
+                None if gene_halves is None else tuple(h[:, keep] for h in gene_halves),
             )
         )
-        with _budget_notes("reference populations"):
-            distances = {
-                "rmmd": [m.mmd(r, target_s, bandwidths=bandwidths) for r in refs],
-                "rfid": [m.frechet_distance(r, target_s) for r in refs],
-                "rsd": [
-                    m.sinkhorn_divergence(r, small_target, epsilon=epsilon, **SINKHORN_OPTIONS)
-                    for r in small_refs
-                ],
-            }
-        pools = {"rmmd": refs, "rfid": refs, "rsd": small_refs}
-        nearest = {k: pools[k][int(np.argmin(v))] for k, v in distances.items()}
-        return cls(target_s, small_target, bandwidths, epsilon, nearest)
-
-
-def _distribution_rows(task, model, seed, pred, target: _Target):
-    pred_s = _subsample(pred, seed)
-    small = _subsample(pred_s, seed + 100, MAX_SINKHORN_CELLS)
-    t, eps = target, {"epsilon": target.epsilon, **SINKHORN_OPTIONS}
-    with _budget_notes(f"{task} {model} sinkhorn"):
-        values = {
-            "mmd": m.mmd(pred_s, t.target, bandwidths=t.bandwidths),
-            "energy": m.energy_distance(pred_s, t.target),
-            "fid": m.frechet_distance(pred_s, t.target),
-            "sinkhorn": m.sinkhorn_divergence(small, t.small_target, **eps),
-        }
-    # the ratio's denominator is the closest training population (found once per task)
-    ratios = (
-        ("rmmd", lambda: m.rmmd(pred_s, t.target, [t.nearest["rmmd"]], bandwidths=t.bandwidths)),
-        ("rfid", lambda: m.rfid(pred_s, t.target, [t.nearest["rfid"]])),
-        ("rsd", lambda: m.rsd(small, t.small_target, [t.nearest["rsd"]], **eps)),
-    )
-    for name, compute in ratios:
-        try:
-            with _budget_notes(f"{task} {model} {name}"):
-                values[name] = compute()
-        except SimcellError as error:  # undefined ratio: reported as missing, with the reason
-            log.warning("%s %s %s: %s", task, model, name, error)
-    return [(task, model, seed, "pca", k, float(v), np.nan, np.nan) for k, v in values.items()]
-
-
-def _score(
-    task: TaskData,
-    model: str,
-    seed: int,
-    pred_pcs: np.ndarray,
-    pred_genes: np.ndarray,
-    truth_pcs: np.ndarray,
-    truth_genes: np.ndarray,
-    affected: np.ndarray,
-    references: _Target,
-    knn: tuple[np.ndarray, np.ndarray, np.ndarray],
-    n_boot: int,
-    halves: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-) -> list[tuple]:
-    """Every metric of one prediction; ``halves`` (PCA pair, genes pair) debias its MSE."""
-    pca_halves, gene_halves = halves if halves is not None else (None, None)
-    rng = np.random.default_rng([seed, 17])
-    rows = _cell_rows(
-        task.name, model, seed, "pca", pred_pcs, truth_pcs, n_boot, rng, halves=pca_halves
-    )
-    rows += _cell_rows(
-        task.name, model, seed, "genes", pred_genes, truth_genes, n_boot, rng, halves=gene_halves
-    )
-    if affected.sum() >= 2:  # correlations need two genes
-        rows += _cell_rows(
-            task.name,
-            model,
-            seed,
-            "genes",
-            pred_genes[:, affected],
-            truth_genes[:, affected],
-            n_boot,
-            rng,
-            suffix="_affected",
-            halves=None if gene_halves is None else tuple(h[:, affected] for h in gene_halves),
-        )
-    rows += _distribution_rows(task.name, model, seed, pred_pcs, references)
-    reference, reference_labels, target_label = knn
-    accuracy = m.knn_accuracy(
-        pred=pred_pcs,
-        reference=reference,
-        reference_labels=reference_labels,
-        target_label=target_label,
-    )
-    rows.append((task.name, model, seed, "pca", "knn_accuracy", accuracy, np.nan, np.nan))
+    rows = []
+    for space, suffix, pred, target, pair in spaces:
+        for metric in m.list_metrics("cell"):
+            if metric.name == "mse" and pair is not None:
+                per_cell = debiased_mse(*pair, target)
+            else:
+                per_cell = np.asarray(_call(metric, {"pred": pred, "truth": target}))
+            per_cell = per_cell[np.isfinite(per_cell)]
+            if per_cell.size == 0:
+                continue
+            mean, low, high = m.bootstrap_ci(per_cell, n_boot=n_boot, rng=rng)
+            rows.append(labels.row(data.name, model, space, metric.name + suffix, mean, low, high))
     return rows
 
 
-def _fit_model(name, x_train, c_train, kinds, config):
+def _population_rows(
+    data: TaskData,
+    model: str,
+    pcs: np.ndarray,
+    labels: _Labels,
+    pops: _Populations,
+    *,
+    paired: bool,
+    classify: bool = True,
+) -> list[ResultRow]:
+    """Distributional metrics against the target population, and the kNN classifier.
+
+    A paired prediction (row i predicts truth row i) is subsampled with the
+    target's own indices; an unpaired population (heldout cells) is subsampled
+    on its own, with ``paired=False``.
+    """
+    if paired:
+        pred, small = pcs[pops.cells], pcs[pops.small]
+    else:
+        rng = stream(labels.seed, data.name, model, "population cells")
+        pred = pcs[_pick(pcs.shape[0], MAX_DISTRIBUTION_CELLS, rng)]
+        small = pred[_pick(pred.shape[0], MAX_SINKHORN_CELLS, rng)]
+    paired = paired and pops.paired_target
+    shared = {"paired": paired, "bandwidths": pops.bandwidths, "epsilon": pops.epsilon, "seed": 0}
+    rows = []
+    for metric in m.list_metrics("distribution"):
+        entropic = _uses_epsilon(metric)
+        context = {
+            **shared,
+            **(SINKHORN_OPTIONS if entropic else {}),
+            "pred": small if entropic else pred,
+            "truth": pops.small_target if entropic else pops.target,
+        }
+        if "references" in metric.inputs:
+            nearest = pops.nearest.get(metric.name)
+            if nearest is None:
+                continue
+            context["references"] = [nearest]
+        try:
+            with _budget_notes(f"{data.name} {model} {metric.name}"):
+                value = float(_call(metric, context))
+        except SimcellError as error:  # undefined here (e.g. a ratio at distance 0): said why
+            log.warning("%s %s %s: %s", data.name, model, metric.name, error)
+            continue
+        rows.append(labels.row(data.name, model, "pca", metric.name, value))
+    if classify and data.knn_reference.shape[0] and data.heldout_pcs.shape[0]:
+        context = {
+            "pred": pcs,
+            "reference": data.knn_reference,
+            "reference_labels": data.knn_labels,
+            "target_label": data.target_label,
+        }
+        for metric in m.list_metrics("classification"):
+            if not set(metric.inputs) <= context.keys():
+                continue
+            value = float(_call(metric, context))
+            rows.append(labels.row(data.name, model, "pca", metric.name, value))
+    return rows
+
+
+def _leakage(data: TaskData, after: np.ndarray, seed: int):
+    return m.concept_leakage(
+        data.classifier_cells,
+        data.classifier_types,
+        data.classifier_concept,
+        data.x_intervene,
+        after,
+        data.intervene_types,
+        seed=int_seed(seed, data.name, "leakage"),
+    )
+
+
+def _leakage_rows(data: TaskData, model: str, pcs, labels: _Labels, truth_leak) -> list[ResultRow]:
+    """Table S7, readable alone: classifiers trained on out-of-sample train cells,
+    applied to the factual cells (before), the prediction (after) and, when the
+    bundle has them, the true twins (truth)."""
+    try:
+        after = _leakage(data, pcs, labels.seed)
+    except SimcellError as error:
+        log.warning("%s %s leakage: %s", data.name, model, error)
+        return []
+    values = {
+        "leakage_cell_type_before": after.cell_type_accuracy_before,
+        "leakage_cell_type_after": after.cell_type_accuracy_after,
+        "leakage_concept_before": after.concept_rate_before,
+        "leakage_concept_after": after.concept_rate_after,
+    }
+    if truth_leak is not None:
+        values["leakage_cell_type_truth"] = truth_leak.cell_type_accuracy_after
+        values["leakage_concept_truth"] = truth_leak.concept_rate_after
+    return [labels.row(data.name, model, "pca", k, v) for k, v in values.items()]
+
+
+def _fit_model(name, x_train, annotations, config: EvaluationConfig):
     from simcell.models import create_model
 
     model = create_model(
         name, preset=config.preset, device=config.device, seed=config.seed, progress_bar=False
     )
-    return model.fit(x_train, c_train, concept_kinds=kinds)
+    return model.fit(x_train, annotations.train, concept_kinds=annotations.kinds)
 
 
-def _inversion_rows(task, model_name, seed, model, x, concepts):
+def _predict(model, data: TaskData, annotations) -> np.ndarray:
+    """The model's answer to the task's Intervention (models that do not model the DAG
+    get the direct question's targets, see ``CounterfactualModel.predict``)."""
+    return model.predict(
+        data.x_intervene, annotations.intervene, data.intervention, annotations.names
+    )
+
+
+def _inversion_rows(data: TaskData, model_name, model, annotations, labels) -> list[ResultRow]:
     """``edit``-mode flows: MSE of the round trip with the condition unchanged.
 
     The solver's error along the learned flow, a floor under every edit; the
@@ -325,40 +453,15 @@ def _inversion_rows(task, model_name, seed, model, x, concepts):
     """
     if getattr(model, "mode", None) != "edit" or not hasattr(model, "inversion_error"):
         return []
-    error = model.inversion_error(x, concepts)
-    return [(task, model_name, seed, "pca", "inversion_error", error, np.nan, np.nan)]
+    error = model.inversion_error(data.x_intervene, annotations.intervene)
+    return [labels.row(data.name, model_name, "pca", "inversion_error", error)]
 
 
-def _leakage_rows(task, model, seed, leak_inputs, before, after):
-    """Table S7: classifiers trained on train cells, applied before and after the edit."""
-    train_x, train_types, train_concept, types = leak_inputs
-    result = m.concept_leakage(train_x, train_types, train_concept, before, after, types, seed=seed)
-    return [
-        (
-            task,
-            model,
-            seed,
-            "pca",
-            "leakage_cell_type_after",
-            result.cell_type_accuracy_after,
-            np.nan,
-            np.nan,
-        ),
-        (
-            task,
-            model,
-            seed,
-            "pca",
-            "leakage_concept_after",
-            result.concept_rate_after,
-            np.nan,
-            np.nan,
-        ),
-    ]
-
-
-def _representation_rows(task, model_name, seed, model, x, concepts_true, annotated, cell_types):
-    """Disentanglement and identifiability of a model's embedding of the train cells."""
+def _representation_rows(
+    task, model_name, seed, model, x, concepts_true, annotated, cell_types, labels=None
+):
+    """Disentanglement and identifiability of a model's embedding of the train cells:
+    every registered ``latent`` metric whose inputs the context has."""
     if not getattr(model, "has_representation", False):
         return []
     embedding = np.asarray(model.encode(x, annotated), dtype=np.float64)
@@ -367,23 +470,99 @@ def _representation_rows(task, model_name, seed, model, x, concepts_true, annota
     if embedding.shape[1] == 0:
         log.warning("%s %s: the embedding is constant; no latent metrics", task, model_name)
         return []
-    metrics = {
-        "concept_accuracy": lambda: m.concept_accuracy(embedding, concepts_true, seed=seed),
-        "concept_f1": lambda: m.concept_f1(embedding, concepts_true, seed=seed),
-        "nmi": lambda: m.nmi(embedding, cell_types, seed=seed),
-        "ari": lambda: m.ari(embedding, cell_types, seed=seed),
-        "linear_r2": lambda: m.linear_r2(embedding, concepts_true, seed=seed),
-        "mcc": lambda: m.mcc(embedding, concepts_true),
+    context = {
+        "embedding": embedding,
+        "concepts_true": concepts_true,
+        "cell_types": cell_types,
+        "seed": seed,
     }
     rows = []
-    for name, compute in metrics.items():
-        try:
-            value = float(compute())
-        except SimcellError as error:  # undefined here (e.g. a rare concept): left out, said why
-            log.warning("%s %s %s: %s", task, model_name, name, error)
+    for metric in m.list_metrics("latent"):
+        if not set(metric.inputs) <= context.keys():
             continue
-        rows.append((task, model_name, seed, "latent", name, value, np.nan, np.nan))
+        try:
+            value = float(_call(metric, context))
+        except SimcellError as error:  # undefined here (e.g. a rare concept): left out, said why
+            log.warning("%s %s %s: %s", task, model_name, metric.name, error)
+            continue
+        labels = labels or _Labels(seed=seed, scenario="", data_seed=-1)
+        rows.append(labels.row(task, model_name, "latent", metric.name, value))
     return rows
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Clock:
+    """Progress with the step, its number and an ETA; seconds spent per kind of step."""
+
+    def __init__(self, total: int, progress: Callable[[str], None] | None, bar: bool) -> None:
+        self.total, self.done = total, 0
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.say = progress
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+
+    @contextlib.contextmanager
+    def step(self, task: str, what: str):
+        message = f"{task}: {what}"
+        if self.say is not None:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / self.done * (self.total - self.done) if self.done else math.nan
+            suffix = "" if math.isnan(eta) else f", ETA {eta:.0f} s"
+            self.say(f"[{self.done + 1}/{self.total}] {message}{suffix}")
+        if self.bar is not None:
+            self.bar.set_description(message)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = what.split(" ")[0]
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(1)
+
+    def close(self) -> dict:
+        if self.bar is not None:
+            self.bar.close()
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def _check_models(models: Sequence[str] | None) -> list[str]:
+    if models is None:
+        from simcell.models import DEFAULT_MODELS
+
+        models = DEFAULT_MODELS
+    models = [name for name in models if name != IDENTITY]
+    if models:
+        from simcell.models import list_models
+
+        unknown = sorted(set(models) - set(list_models()))
+        if unknown:
+            raise SimcellError(
+                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
+            )
+    return models
+
+
+def _check_corruptions(factual, corruptions) -> list[Corruption]:
+    """The corruption conditions (default: the scenario's own), checked before any work."""
+    if corruptions is None or len(corruptions) == 0:
+        kind, level, p = schema.scenario_corruption(factual)
+        chosen = [Corruption(kind, level, p)]
+    else:
+        chosen = [Corruption.parse(c) for c in corruptions]
+    n_free = factual.obsm[schema.CONCEPTS].shape[1] - 1  # a task protects its own concept
+    from simcell.simulator.corrupt import check_corruption
+
+    for corruption in chosen:
+        check_corruption(corruption.kind, corruption.level, n_free)
+    return list(dict.fromkeys(chosen))
 
 
 def evaluate(
@@ -398,213 +577,240 @@ def evaluate(
     oracle_samples: int = 32,
     n_boot: int = 1000,
     tasks: Sequence[str] | None = None,
+    corruptions: Sequence[str | tuple] | None = None,
+    cell_level: bool | None = None,
     progress: Callable[[str], None] | None = None,
+    progress_bar: bool = False,
 ) -> pd.DataFrame:
     """Score models and/or predictions on every task of a bundle.
 
-    For each task the harness normalises counts to the median library size of
-    the task's ``train`` cells, applies log1p and fits a PCA (128 components) on
-    the ``train`` cells only; models are trained on the train cells' PCs and
-    annotated concepts and asked for ``do(concept := 1)`` of the ``intervene``
-    cells. Every task also gets the ``identity`` row (the factual cell) and the
-    ``oracle`` row (the Bayes-optimal predictor, see
-    :mod:`simcell.evaluation.oracle`), and each model's ``gap_closed`` =
-    (identity − model) / (identity − oracle) of the cell-level MSE. The
-    oracle's ``mse`` is that of the exact posterior mean, without the
-    Monte-Carlo excess of its estimate (see :func:`debiased_mse`); its other
-    metrics score the Monte-Carlo mean itself.
+    For each task (see :func:`simcell.evaluation.tasks.build_task`) counts are
+    normalised to the median library size of the task's ``train`` cells, log1p'd
+    and projected on a PCA (128 components) fitted on a seeded half of the train
+    cells; every population a metric compares is projected out of sample. Models
+    train on every train cell's PCs and annotations (corrupted per task when
+    asked) and answer the task's :class:`~simcell.models.Intervention` for the
+    ``intervene`` cells. Each metric registered in
+    :mod:`simcell.evaluation.metrics` is computed wherever its inputs exist.
+
+    Rows beside the models (see the module docstring): ``identity``, ``oracle``
+    (posterior mean, cell-level errors; its ``mse`` without the Monte-Carlo
+    excess, see :func:`debiased_mse`), ``oracle_sample`` (one posterior draw per
+    cell, distributional metrics), ``noise_floor`` (an independent same-law
+    sample) and ``heldout`` (the real (u, k = 1) cells). Each model gets
+    ``gap_closed`` = (identity − model) / (identity − oracle) of cell-level MSE.
 
     Parameters
     ----------
     bundle : path or Bundle
+        A bundle without true counterfactuals (``counterfactual`` None) is
+        scored on the distributional metrics against its heldout cells.
     models : sequence of str, optional
         Registered model names (default: ``simcell.models.DEFAULT_MODELS``).
     predictions : path or AnnData, optional
         Predictions brought as a file (see :func:`read_predictions`), scored as
         the model ``predictions``.
     preset, device, seed : str, str, int
-        Model preset, torch device, seed of models and of the harness.
+        Model preset, torch device, seed of models and of the harness (every
+        random choice is a named stream of it, :func:`simcell._random.stream`).
     n_components, oracle_samples, n_boot : int
         PCA components; the oracle's posterior draws per cell (at least 2, in
         two halves); bootstrap resamples of the cell-level CIs.
     tasks : sequence of str, optional
         A subset of the bundle's tasks.
+    corruptions : sequence of "KIND:LEVEL" or (kind, level[, p]), optional
+        Corruption conditions of the annotations models see (paper C.4); each
+        is applied per task, protecting only its concept, seeded by (seed, task,
+        kind, level). Models are trained once per condition. Default: the
+        scenario's own corruption (none for the presets).
+    cell_level : bool, optional
+        True: require the cell-level scores (an error on a bundle without
+        truth); False: skip them; default: computed when the truth is present.
     progress : callable, optional
-        Called with a short message before each step.
+        Called with ``"[step/total] task: what, ETA s"`` before each step.
+    progress_bar : bool
+        Show a progress bar (tqdm, on stderr) with the step and an ETA.
 
     Returns
     -------
     DataFrame
-        Columns ``task, model, seed, space, metric, value, ci_low, ci_high``.
-        ``space`` is ``pca`` or ``genes`` for prediction metrics (cell-level
-        ``mse``, ``mae``, ``pearson``, ``r2`` with a bootstrap CI, also on the
-        genes the concept affects as ``*_affected``; ``mmd``, ``energy``,
-        ``fid``, ``sinkhorn`` and the ratios ``rmmd``, ``rfid``, ``rsd``;
-        ``knn_accuracy``; ``inversion_error`` of ``edit``-mode flows (the
-        round trip's MSE with the condition unchanged); the leakage test of Table S7 as
-        ``leakage_cell_type_after`` / ``leakage_concept_after``; ``gap_closed``),
-        and ``latent`` for a model's embedding of the train cells
-        (``concept_accuracy``, ``concept_f1``, ``nmi``, ``ari`` against cell type,
-        ``linear_r2`` and ``mcc`` against the true concepts).
+        Columns :data:`RESULT_COLUMNS` (one :class:`ResultRow` each); seconds
+        spent per kind of step in ``.attrs["timings"]``.
     """
     if not isinstance(bundle, Bundle):
         bundle = read_bundle(bundle)
-    if models is None:
-        from simcell.models import DEFAULT_MODELS
-
-        models = DEFAULT_MODELS
-    models = [name for name in models if name != IDENTITY]
-    if models:
-        from simcell.models import list_models
-
-        unknown = sorted(set(models) - set(list_models()))
-        if unknown:
-            raise SimcellError(
-                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
-            )
-    all_tasks = list(bundle.factual.uns["simcell"]["tasks"]["name"])
-    tasks = list(tasks) if tasks else all_tasks
-    missing = sorted(set(tasks) - set(all_tasks))
-    if missing:
-        raise SimcellError(f"unknown task(s) {missing}; the bundle has {all_tasks}")
-    if not tasks:
-        raise SimcellError("the bundle has no intervention tasks to evaluate")
+    factual = bundle.factual
+    models = _check_models(models)
+    tasks = schema.check_tasks(factual, tasks)
     if oracle_samples < 2:
         raise SimcellError(f"oracle_samples must be >= 2 (two halves), got {oracle_samples}")
+    truth_present = schema.has_truth(bundle)
+    if cell_level and not truth_present:
+        raise SimcellError(
+            "cell-level scores need the true counterfactuals, and this bundle has no "
+            f"{schema.COUNTERFACTUAL}; leave cell_level unset for distributional metrics"
+        )
+    conditions = _check_corruptions(factual, corruptions)
     brought = read_predictions(predictions, bundle) if predictions is not None else None
-    say = progress or (lambda message: None)
-
-    factual = bundle.factual
-    concepts_seen = factual.obsm["concepts"]
-    kinds_all = dict(
-        zip(
-            [f"concept_{k}" for k in range(len(factual.uns["simcell"]["concept_kinds"]))],
-            factual.uns["simcell"]["concept_kinds"],
-            strict=True,
-        )
+    config = EvaluationConfig(models=tuple(models), preset=preset, device=device, seed=seed)
+    base = _Labels(
+        seed=seed,
+        scenario=schema.scenario_name(factual),
+        data_seed=schema.data_seed(factual) if schema.data_seed(factual) is not None else -1,
     )
-    kinds = tuple(str(kinds_all.get(c, "binary")) for c in concepts_seen.columns)
-    annotated = concepts_seen.to_numpy(dtype=np.float32)
-    cell_type = factual.obs["cell_type"].to_numpy().astype(str)
-    concepts_true = factual.obsm["concepts_true"]
-    rows: list[tuple] = []
-    for name in tasks:
-        say(f"{name}: preprocessing")
-        data = task_data(bundle, name, n_components=n_components, seed=seed)
-        pre = data.preprocessor
-        column = list(concepts_seen.columns).index(data.concept)
-        factual_genes = pre.lognorm(factual.X[data.intervene])
-        truth_genes = pre.lognorm(data.truth_counts)
-        truth_pcs = pre.to_pca(truth_genes)
-        x_train = pre.to_pca(pre.lognorm(factual.X[data.train]))
-        x_int = pre.to_pca(factual_genes)
-        c_train, c_int = annotated[data.train], annotated[data.intervene]
-        c_target = c_int.copy()
-        c_target[:, column] = 1.0
-        k_index = list(concepts_true.columns).index(data.concept)
-        state = concepts_true.to_numpy()[:, k_index]
-        groups = pd.Series(cell_type[data.train]) + "|" + pd.Series(state[data.train]).astype(str)
-        populations = [
-            x_train[(groups == g).to_numpy()]
-            for g in sorted(groups.unique())
-            if (groups == g).sum() >= 3  # the bias-corrected FID needs 3 cells
-        ]
-        references = _Target.build(truth_pcs, populations, seed)
-        reference = np.concatenate([x_train, truth_pcs])
-        reference_labels = np.concatenate(
-            [groups.to_numpy(), np.full(truth_pcs.shape[0], f"{data.cell_type}|1.0")]
-        )
-        knn = (reference, reference_labels, f"{data.cell_type}|1.0")
-        affected = np.asarray(factual.varm["concept_effects"])[:, k_index] != 0
+    per_task = (
+        2 + (2 if truth_present else 0) + len(models) * len(conditions) + (brought is not None)
+    )
+    clock = _Clock(len(tasks) * per_task, progress, progress_bar)
+    rows: list[ResultRow] = []
+    try:
+        for name in tasks:
+            rows += _evaluate_task(
+                bundle,
+                name,
+                models,
+                brought,
+                conditions,
+                config,
+                base,
+                clock,
+                n_components=n_components,
+                oracle_samples=oracle_samples,
+                n_boot=n_boot,
+                cells=truth_present and cell_level is not False,
+            )
+    finally:
+        timings = clock.close()
+    table = add_gap_closed(results_frame(rows))
+    table.attrs["timings"] = timings
+    return table
 
-        def score(
-            model_name,
-            pcs,
-            genes,
-            halves=None,
-            data=data,
-            truth_pcs=truth_pcs,
-            truth_genes=truth_genes,
-            affected=affected,
-            references=references,
-            knn=knn,
-        ):
-            rows.extend(
-                _score(
-                    data,
-                    model_name,
-                    seed,
-                    pcs,
-                    genes,
-                    truth_pcs,
-                    truth_genes,
-                    affected,
-                    references,
-                    knn,
-                    n_boot,
-                    halves,
+
+def _evaluate_task(
+    bundle,
+    name,
+    models,
+    brought,
+    conditions,
+    config,
+    base,
+    clock,
+    *,
+    n_components,
+    oracle_samples,
+    n_boot,
+    cells: bool,
+) -> list[ResultRow]:
+    """Every row of one task; ``cells``: compute the cell-level errors."""
+    seed = config.seed
+    with clock.step(name, "preprocessing"):
+        data = build_task(bundle, name, n_components=n_components, seed=seed)
+    truth = data.truth
+    rows: list[ResultRow] = []
+    with clock.step(name, "metrics (reference rows)"):
+        pops = _populations(data, seed)
+        truth_leak = None
+        if truth is not None:
+            with contextlib.suppress(SimcellError):
+                truth_leak = _leakage(data, truth.pcs, seed)
+        # identity: the factual cells
+        if cells:
+            rows += _cell_rows(data, IDENTITY, data.x_intervene, data.intervene_genes, base, n_boot)
+        rows += _population_rows(data, IDENTITY, data.x_intervene, base, pops, paired=True)
+        rows += _leakage_rows(data, IDENTITY, data.x_intervene, base, truth_leak)
+        # the real (u, k = 1) cells against the truth
+        if truth is not None and data.heldout_pcs.shape[0] >= 2:
+            rows += _population_rows(
+                data, HELDOUT, data.heldout_pcs, base, pops, paired=False, classify=False
+            )
+    if truth is not None:
+        posterior = oracle_posterior(bundle, data.intervene, data.intervention)
+        with clock.step(name, "oracle"):
+            if cells:
+                # two independent half-means: their average is the prediction, their
+                # cross product the Bayes MSE without the Monte-Carlo excess
+                gene_halves = posterior.mean_halves(
+                    data.preprocessor.lognorm, oracle_samples, stream(seed, name, "oracle")
                 )
+                oracle_genes = 0.5 * (gene_halves[0] + gene_halves[1])
+                pca_halves = tuple(data.preprocessor.to_pca(h) for h in gene_halves)
+                rows += _cell_rows(
+                    data,
+                    ORACLE,
+                    data.preprocessor.to_pca(oracle_genes),
+                    oracle_genes,
+                    base,
+                    n_boot,
+                    (pca_halves, gene_halves),
+                )
+            sample = posterior.sample(stream(seed, name, "oracle_sample"))
+            _, sample_pcs = data.project(sample)
+            rows += _population_rows(data, ORACLE_SAMPLE, sample_pcs, base, pops, paired=True)
+        with clock.step(name, "noise_floor"):
+            floor = same_law_sample(
+                bundle, data.intervene, data.intervention, stream(seed, name, "noise_floor")
             )
-
-        true_train = concepts_true.to_numpy()[data.train]
-        score(IDENTITY, x_int, factual_genes)
-        say(f"{name}: oracle")
-        # two independent half-means: their average is the prediction, their
-        # cross product the Bayes MSE without the Monte-Carlo excess
-        oracle_rng = np.random.default_rng([seed, 29])
-        inputs = oracle_inputs(bundle, data)
-        gene_halves = tuple(
-            oracle_counterfactual(
-                inputs, pre.lognorm, n_samples=oracle_samples // 2, rng=oracle_rng
-            )
-            for _ in range(2)
-        )
-        oracle_genes = 0.5 * (gene_halves[0] + gene_halves[1])
-        pca_halves = tuple(pre.to_pca(half) for half in gene_halves)
-        score(ORACLE, pre.to_pca(oracle_genes), oracle_genes, (pca_halves, gene_halves))
-        config = EvaluationConfig(models=tuple(models), preset=preset, device=device, seed=seed)
-        leak_inputs = (x_train, cell_type[data.train], state[data.train], cell_type[data.intervene])
+            _, floor_pcs = data.project(floor)
+            rows += _population_rows(data, NOISE_FLOOR, floor_pcs, base, pops, paired=True)
+    for corruption in conditions:
+        labels = _Labels(base.seed, base.scenario, base.data_seed, corruption)
+        annotations = data.annotations_for(corruption)
         for model_name in models:
-            say(f"{name}: {model_name}")
-            model = _fit_model(model_name, x_train, c_train, kinds, config)
-            pcs = model.counterfactual(x_int, c_int, c_target)
-            if not np.isfinite(pcs).all():
-                raise SimcellError(f"model {model_name} returned NaN or infinite values on {name}")
-            score(model_name, pcs, pre.to_genes_keeping(pcs, factual_genes))
-            rows.extend(_inversion_rows(name, model_name, seed, model, x_int, c_int))
-            rows.extend(_leakage_rows(name, model_name, seed, leak_inputs, x_int, pcs))
-            rows.extend(
-                _representation_rows(
+            with clock.step(name, f"{model_name} ({corruption.kind}:{corruption.level})"):
+                model = _fit_model(model_name, data.x_train, annotations, config)
+                pcs = _predict(model, data, annotations)
+                if not np.isfinite(pcs).all():
+                    raise SimcellError(
+                        f"model {model_name} returned NaN or infinite values on {name}"
+                    )
+                if cells:
+                    rows += _cell_rows(data, model_name, pcs, data.to_genes(pcs), labels, n_boot)
+                rows += _population_rows(data, model_name, pcs, labels, pops, paired=True)
+                rows += _inversion_rows(data, model_name, model, annotations, labels)
+                rows += _leakage_rows(data, model_name, pcs, labels, truth_leak)
+                rows += _representation_rows(
                     name,
                     model_name,
                     seed,
                     model,
-                    x_train,
-                    true_train,
-                    c_train,
-                    cell_type[data.train],
+                    data.x_train,
+                    schema.true_concepts(bundle.factual).to_numpy()[data.train],
+                    annotations.train,
+                    schema.cell_types(bundle.factual)[data.train],
+                    labels,
                 )
-            )
-        if brought is not None:
-            genes = _brought_genes(brought, data, factual, pre)
-            score("predictions", pre.to_pca(genes), genes)
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    return add_gap_closed(table)
+    if brought is not None:
+        with clock.step(name, "predictions"):
+            genes = _brought_genes(brought, data, bundle.factual, data.preprocessor)
+            pcs = data.preprocessor.to_pca(genes)
+            if cells:
+                rows += _cell_rows(data, PREDICTIONS, pcs, genes, base, n_boot)
+            rows += _population_rows(data, PREDICTIONS, pcs, base, pops, paired=True)
+            rows += _leakage_rows(data, PREDICTIONS, pcs, base, truth_leak)
+    return rows
 
 
 def add_gap_closed(table: pd.DataFrame) -> pd.DataFrame:
     """Append ``gap_closed`` = (identity − model) / (identity − oracle) of cell-level MSE."""
-    mse = table[table["metric"] == "mse"].set_index(["task", "space", "model"])["value"]
+    mse = table[table["metric"] == "mse"]
+    keys = ["task", "space"]
+    reference = mse[mse["model"].isin([IDENTITY, ORACLE])].pivot_table(
+        index=keys, columns="model", values="value", aggfunc="first"
+    )
+    if IDENTITY not in reference or ORACLE not in reference:
+        return table
     extra = []
-    for (task, space, model), value in mse.items():
-        if model in (IDENTITY, ORACLE):
+    for row in mse[~mse["model"].isin([IDENTITY, ORACLE])].itertuples(index=False):
+        key = (row.task, row.space)
+        if key not in reference.index:
             continue
-        identity = mse.get((task, space, IDENTITY))
-        oracle = mse.get((task, space, ORACLE))
+        identity, oracle = reference.loc[key, IDENTITY], reference.loc[key, ORACLE]
         gap = identity - oracle
-        closed = (identity - value) / gap if gap > 0 else np.nan
-        seed = table["seed"].iloc[0]
-        extra.append((task, model, seed, space, "gap_closed", closed, np.nan, np.nan))
+        closed = (identity - row.value) / gap if gap > 0 else math.nan
+        extra.append(
+            row._replace(metric="gap_closed", value=closed, ci_low=math.nan, ci_high=math.nan)
+        )
     if not extra:
         return table
-    return pd.concat([table, pd.DataFrame(extra, columns=RESULT_COLUMNS)], ignore_index=True)
+    added = pd.DataFrame(extra, columns=table.columns)
+    return pd.concat([table, added], ignore_index=True)

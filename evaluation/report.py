@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 import simcell
+from simcell import SimcellError
 from simcell._atomic import (
     STAGING_MARKER,
     Ownership,
@@ -24,16 +25,42 @@ SUMMARY_METRICS = (
     ("pca", "mse"),
     ("genes", "mse"),
     ("genes", "mse_affected"),
-    ("pca", "rmmd"),
     ("pca", "gap_closed"),
+    ("pca", "rmmd"),
+    ("pca", "rfid"),
+    ("pca", "rsd"),
+    ("pca", "knn_accuracy"),
+    ("pca", "leakage_concept_after"),
     ("pca", "inversion_error"),
 )
+#: rows that are references, not models, in the order the tables show them
+REFERENCE_ROWS = ("oracle", "oracle_sample", "noise_floor", "heldout", "identity")
+#: derived scores that are not registered metrics, with their direction
+_DERIVED_DIRECTIONS = {"gap_closed": "higher", "inversion_error": "lower"}
+
+
+def metric_direction(metric: str) -> str | None:
+    """``"lower"`` / ``"higher"`` is better, read from the metric registry (a suffix
+    such as ``_affected`` keeps its metric's direction); None when it has none."""
+    from simcell.evaluation.metrics import get_metric
+
+    if metric in _DERIVED_DIRECTIONS:
+        return _DERIVED_DIRECTIONS[metric]
+    if metric.startswith("leakage_"):
+        return None  # read against its before / truth rows, not as better or worse
+    base = metric.removesuffix("_affected")
+    try:
+        return get_metric(base).direction
+    except SimcellError:
+        return None
+
+
 PLOT_METRICS = (("pca", "mse"), ("genes", "mse"), ("pca", "mmd"), ("pca", "energy"))
 
 
 def _ordered_models(results: pd.DataFrame) -> list[str]:
     models = list(dict.fromkeys(results["model"]))
-    reference = [m for m in ("oracle", "identity") if m in models]
+    reference = [m for m in REFERENCE_ROWS if m in models]
     return reference + [m for m in models if m not in reference]
 
 
@@ -72,9 +99,21 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
     """The Markdown summary: one table per headline metric."""
     lines = [f"# {title}", ""]
     lines.append(
-        "Lower is better except `gap_closed` (1 = as good as the oracle, "
-        "0 = no better than identity) and `knn_accuracy`. "
-        "`oracle` is the Bayes-optimal predictor, `identity` the factual cell. "
+        "Each table says which way is better (from the metric registry); `gap_closed` is "
+        "1 when a model is as good as the oracle and 0 when it is no better than identity. "
+        "`identity` is the factual cell, unchanged. "
+        "`oracle` is the exact posterior mean E[x' | x], the Bayes-optimal prediction of "
+        "each cell's twin: no model can have a lower cell-level error. "
+        "`oracle_sample` is one exact posterior draw per cell, the Bayes-optimal sampler: "
+        "its population has the true counterfactual law, so it is scored on the "
+        "distributional metrics. "
+        "`noise_floor` is an independent sample of the true counterfactual law (fresh "
+        "exogenous noise): what a perfect sampler scores with these finite populations, "
+        "and `heldout` is the real (cell type, concept on) population against the truth. "
+        "A ratio below 1 means the prediction is closer to the truth than the closest "
+        "observed training population; compare it with the `noise_floor` row. "
+        "Leakage rows give the classifiers' scores before (factual cells), after (the "
+        "prediction) and on the true twins (`_truth`). "
         "`inversion_error` is the MSE of an `edit` flow's round trip with the "
         "condition unchanged: the floor under its edits."
     )
@@ -82,7 +121,9 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
         table = summary_table(results, space, metric)
         if table.empty:
             continue
-        lines += ["", f"## {metric} ({space})", "", _markdown_table(table)]
+        direction = metric_direction(metric)
+        better = f" — {direction} is better" if direction else ""
+        lines += ["", f"## {metric} ({space}){better}", "", _markdown_table(table)]
     return "\n".join(lines) + "\n"
 
 

@@ -102,6 +102,8 @@ class EvaluationPlan:
     verified : bool
     overwrite : bool
         Write into a report folder that holds foreign files (kept untouched).
+    corruptions : tuple of Corruption
+        Corruption conditions of the annotations models see (empty: the scenario's own).
     """
 
     bundle: Bundle
@@ -114,6 +116,7 @@ class EvaluationPlan:
     out: Path
     verified: bool
     overwrite: bool = False
+    corruptions: tuple = ()
 
     @property
     def title(self) -> str:
@@ -137,6 +140,7 @@ class EvaluationPlan:
             "device": self.device,
             "seed": self.seed,
             "tasks": None if self.tasks is None else list(self.tasks),
+            "corruptions": [f"{c.kind}:{c.level}" for c in self.corruptions],
         }
 
 
@@ -152,6 +156,7 @@ def plan_evaluation(
     out: str | os.PathLike | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    corruptions: Sequence[str | tuple] = (),
     data_root: str | os.PathLike = DATA_ROOT,
 ) -> EvaluationPlan:
     """Resolve an evaluation run, refusing bad input before anything is trained.
@@ -178,6 +183,9 @@ def plan_evaluation(
     overwrite : bool
         Write into a report folder holding files simcell did not write,
         replacing only simcell's own (see :func:`~simcell.evaluation.report.write_report`).
+    corruptions : sequence of str or tuple
+        ``"KIND:LEVEL"`` (or ``(kind, level)``) conditions applied per task to
+        the annotations models see; parsed (and refused) now.
     data_root : path
         Where to look for the latest bundle.
 
@@ -191,8 +199,10 @@ def plan_evaluation(
         Unknown model or preset, unavailable device, no or unverifiable bundle.
     """
     from simcell.evaluation.report import check_report_dir
+    from simcell.evaluation.tasks import Corruption
     from simcell.models import DEFAULT_MODELS, get_model_class
 
+    conditions = tuple(Corruption.parse(value) for value in corruptions)
     resolved_device = resolve_device(device)
     resolved_preset = resolve_preset(preset, resolved_device)
     names = parse_names(models)
@@ -220,6 +230,7 @@ def plan_evaluation(
         out=report,
         verified=verify,
         overwrite=overwrite,
+        corruptions=conditions,
     )
 
 
@@ -244,11 +255,14 @@ def run_evaluation(
         device=plan.device,
         seed=plan.seed,
         tasks=None if plan.tasks is None else list(plan.tasks),
+        corruptions=list(plan.corruptions) or None,
         progress=progress,
+        progress_bar=progress is None,
     )
+    config = {**plan.config(), "timings_s": results.attrs.get("timings", {})}
     write_report(
         results,
-        plan.config(),
+        config,
         plan.out,
         plan.title,
         overwrite=plan.overwrite,

@@ -18,11 +18,10 @@ import numpy as np
 import simcell
 from simcell import SimcellError, SimcellWarning
 from simcell._atomic import Ownership, atomic_output, read_marker, safe_relative
+from simcell.simulator import schema as S
 from simcell.simulator.dataset import Dataset
+from simcell.simulator.schema import COUNTERFACTUAL, FACTUAL, MANIFEST
 
-FACTUAL = "factual.h5ad"
-COUNTERFACTUAL = "counterfactual.h5ad"
-MANIFEST = "manifest.json"
 #: where ``simcell generate`` writes bundles (and ``simcell evaluate`` looks) by default
 DATA_ROOT = Path("simcell-data")
 
@@ -53,15 +52,15 @@ class Bundle:
 
 #: the manifest keys its ``identity`` covers: everything that says what the bundle is
 IDENTITY_KEYS = (
-    "format",
-    "simcell_version",
-    "scenario",
-    "seed",
-    "params",
-    "n_cells",
-    "n_genes",
-    "tasks",
-    "checksums",
+    S.MANIFEST_FORMAT,
+    S.MANIFEST_VERSION,
+    S.MANIFEST_SCENARIO,
+    S.MANIFEST_SEED,
+    S.MANIFEST_PARAMS,
+    S.MANIFEST_N_CELLS,
+    S.MANIFEST_N_GENES,
+    S.MANIFEST_TASKS,
+    S.MANIFEST_CHECKSUMS,
 )
 
 
@@ -101,24 +100,26 @@ def bundle_identity(manifest: Mapping[str, Any]) -> str:
 def manifest_for(dataset: Dataset, directory: Path) -> dict:
     """The manifest of a bundle whose files are in ``directory``."""
     manifest = {
-        "format": "simcell-bundle/1",
-        "simcell_version": simcell.__version__,
-        "scenario": dataset.scenario,
-        "seed": dataset.seed,
-        "params": dataset.params.to_dict(),
-        "n_cells": dataset.params.n_cells,
-        "n_genes": dataset.params.n_genes,
-        "tasks": [
+        S.MANIFEST_FORMAT: S.FORMAT,
+        S.MANIFEST_VERSION: simcell.__version__,
+        S.MANIFEST_SCENARIO: dataset.scenario,
+        S.MANIFEST_SEED: dataset.seed,
+        S.MANIFEST_PARAMS: dataset.params.to_dict(),
+        S.MANIFEST_N_CELLS: dataset.params.n_cells,
+        S.MANIFEST_N_GENES: dataset.params.n_genes,
+        S.MANIFEST_TASKS: [
             {
-                "name": t.name,
-                "cell_type": f"cell_type_{t.cell_type}",
-                "concept": f"concept_{t.concept}",
+                S.TASK_NAME: t.name,
+                S.TASK_CELL_TYPE: f"cell_type_{t.cell_type}",
+                S.TASK_CONCEPT: S.concept_name(t.concept),
             }
             for t in dataset.tasks
         ],
-        "checksums": {name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)},
+        S.MANIFEST_CHECKSUMS: {
+            name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)
+        },
     }
-    manifest["identity"] = bundle_identity(manifest)
+    manifest[S.MANIFEST_IDENTITY] = bundle_identity(manifest)
     return manifest
 
 
@@ -126,8 +127,8 @@ def _bundle_files(path: Path) -> frozenset[str] | None:
     """The files simcell wrote into bundle folder ``path``: those its manifest
     (``format: simcell-bundle/1``) lists in its checksums, and the manifest;
     None when ``path`` holds no such manifest."""
-    manifest = read_marker(path / MANIFEST, "simcell-bundle/1")
-    checksums = manifest.get("checksums") if manifest is not None else None
+    manifest = read_marker(path / MANIFEST, S.FORMAT)
+    checksums = manifest.get(S.MANIFEST_CHECKSUMS) if manifest is not None else None
     if not isinstance(checksums, dict):
         return None
     names = [safe_relative(name) for name in checksums]
@@ -232,7 +233,7 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
         except SimcellError as error:
             unreadable = error
         for name in _FILES:  # a damaged file is reported as failing its checksum first
-            if digests[name].result() != manifest["checksums"][name]:
+            if digests[name].result() != manifest[S.MANIFEST_CHECKSUMS][name]:
                 raise SimcellError(
                     f"{path / name} does not match its checksum in the manifest "
                     f"(edited or damaged); {_SKIP}"
@@ -259,17 +260,17 @@ def _read_h5ad(path: Path, backed: str | None = None) -> ad.AnnData:
 
 def _verify_manifest(path: Path, manifest: dict) -> None:
     """The manifest has both checksums and matches its own identity."""
-    checksums = manifest.get("checksums")
+    checksums = manifest.get(S.MANIFEST_CHECKSUMS)
     if not isinstance(checksums, dict) or set(checksums) != set(_FILES):
         raise SimcellError(f"{path / MANIFEST} has no checksums of {FACTUAL} and {COUNTERFACTUAL}")
-    if "identity" not in manifest:
+    if S.MANIFEST_IDENTITY not in manifest:
         warnings.warn(
             f"{path / MANIFEST} has no identity (written by an older simcell): "
             "its own content cannot be verified, only the files' checksums",
             SimcellWarning,
             stacklevel=3,
         )
-    elif manifest["identity"] != bundle_identity(manifest):
+    elif manifest[S.MANIFEST_IDENTITY] != bundle_identity(manifest):
         raise SimcellError(
             f"{path / MANIFEST} was edited: its content no longer matches its identity; {_SKIP}"
         )

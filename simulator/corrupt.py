@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from simcell import SimcellError
+from simcell._random import stream
 
 Corruption = Literal["missing", "irrelevant", "incorrect", "duplicate"]
 
@@ -57,6 +58,7 @@ def _choose(columns: list[str], level: int, rng: np.random.Generator) -> list[st
         raise SimcellError(
             f"corruption level {level} exceeds the {len(columns)} unprotected concept columns"
         )
+    # a uniformly random subset of the free columns (every free column equally likely)
     picked = rng.choice(len(columns), size=level, replace=False)
     return [columns[i] for i in sorted(picked)]
 
@@ -172,3 +174,111 @@ def corrupt(
         changed_entries=changed,
     )
     return table.astype(np.float32), record
+
+
+#: corruptions that choose existing columns (their level is bounded by the free columns)
+CHOOSING = ("missing", "incorrect", "duplicate")
+CORRUPTION_KINDS = ("none", *_CORRUPTIONS)
+
+
+def check_corruption(kind: str, level: int, n_free: int | None = None) -> tuple[str, int]:
+    """Validate a corruption before any work: a known kind and a level within reach.
+
+    Parameters
+    ----------
+    kind : {"none", "missing", "irrelevant", "incorrect", "duplicate"}
+    level : int
+        Number of columns corrupted or added (0 for ``none``).
+    n_free : int, optional
+        Number of columns the corruption may choose from (the annotations less
+        the task's protected concept).
+
+    Returns
+    -------
+    (str, int)
+
+    Raises
+    ------
+    SimcellError
+        One line naming the problem.
+    """
+    if kind not in CORRUPTION_KINDS:
+        raise SimcellError(
+            f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTION_KINDS)}"
+        )
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise SimcellError(f"corruption level must be an integer >= 0, got {level!r}")
+    if kind == "none" and level != 0:
+        raise SimcellError(f"corruption 'none' takes level 0, got {level}")
+    if kind in CHOOSING and n_free is not None and level > n_free:
+        raise SimcellError(
+            f"corruption {kind}:{level} exceeds the {n_free} concept columns a task leaves "
+            "unprotected"
+        )
+    return kind, int(level)
+
+
+def parse_corruption(text: str) -> tuple[str, int]:
+    """``"missing:3"`` -> ``("missing", 3)`` (``"none"`` -> ``("none", 0)``).
+
+    Raises
+    ------
+    SimcellError
+        On a malformed text, an unknown kind or a negative level.
+    """
+    kind, colon, level = str(text).strip().partition(":")
+    if not colon:
+        if kind == "none":
+            return "none", 0
+        raise SimcellError(f"corruption must be KIND:LEVEL (e.g. missing:3), got {text!r}")
+    try:
+        number = int(level)
+    except ValueError:
+        raise SimcellError(
+            f"corruption level must be an integer, got {level!r} in {text!r}"
+        ) from None
+    return check_corruption(kind.strip(), number)
+
+
+def corrupt_for_task(
+    annotations: pd.DataFrame,
+    kind: str,
+    level: int,
+    *,
+    task: str,
+    concept: str,
+    seed: int,
+    p: float | None = None,
+) -> tuple[pd.DataFrame, CorruptionRecord | None]:
+    """The annotations a model sees for one task, corrupted as in paper C.4.
+
+    Only the task's own concept is protected, so every other column may be
+    chosen (uniformly at random), and the draw depends only on
+    ``(seed, task, kind, level)``: the same condition gives the same annotations
+    whatever else is evaluated, and a corruption grid reuses one bundle.
+
+    Parameters
+    ----------
+    annotations : DataFrame, shape (n_cells, n_concepts)
+        The clean annotations (float32, NaN = not annotated).
+    kind : {"none", "missing", "irrelevant", "incorrect", "duplicate"}
+    level : int
+    task : str
+        The task's name (a key of the random stream).
+    concept : str
+        The task's intervened concept: never corrupted.
+    seed : int
+    p : float, optional
+        Per-entry probability (see :func:`corrupt`).
+
+    Returns
+    -------
+    table : DataFrame
+        float32; the input itself (unchanged) for ``none`` or level 0.
+    record : CorruptionRecord or None
+    """
+    kind, level = check_corruption(kind, level, annotations.shape[1] - 1)
+    if kind == "none" or level == 0:
+        return annotations.astype(np.float32), None
+    rng = stream(seed, "corruption", task, kind, level)
+    return corrupt(annotations, kind, level, p=p, protect=[concept], rng=rng)

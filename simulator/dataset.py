@@ -16,9 +16,10 @@ import simcell
 from simcell import SimcellError
 from simcell._atomic import raise_if_stopped
 from simcell._device import resolve_device
+from simcell.simulator import schema as S
 from simcell.simulator._rng import CELL_BLOCK, stream
 from simcell.simulator.cells import CellStates, draw_cells, intervene_concepts
-from simcell.simulator.corrupt import CorruptionRecord, corrupt
+from simcell.simulator.corrupt import CorruptionRecord
 from simcell.simulator.counts import (
     RowBatch,
     chunk_bounds,
@@ -259,9 +260,9 @@ def _counterfactual_anndata(
     names = [f"{t}:{s}" for t, s in zip(task, source_names, strict=True)]
     obs = pd.DataFrame(
         {
-            "task": pd.Categorical(list(task)),
-            "source_cell": source_names.astype(str),
-            "mode": pd.Categorical([mode] * len(names), categories=["causal", "direct"]),
+            S.TRUTH_TASK: pd.Categorical(list(task)),
+            S.TRUTH_SOURCE_CELL: source_names.astype(str),
+            S.TRUTH_MODE: pd.Categorical([mode] * len(names), categories=["causal", "direct"]),
         },
         index=pd.Index(names, dtype=str),
     )
@@ -269,7 +270,7 @@ def _counterfactual_anndata(
     concepts = pd.DataFrame(
         request.concepts, index=obs.index, columns=concept_names(params.n_concepts)
     )
-    return ad.AnnData(X=counts, obs=obs, var=var, obsm={"concepts_true": concepts})
+    return ad.AnnData(X=counts, obs=obs, var=var, obsm={S.CONCEPTS_TRUE: concepts})
 
 
 def simulate(
@@ -373,7 +374,7 @@ def prepare(
         counterfactuals=counterfactuals,
         corruption=record,
     )
-    factual.uns["simcell"] = _metadata(dataset)
+    factual.uns[S.UNS] = _metadata(dataset)
     return dataset, request
 
 
@@ -551,19 +552,11 @@ class CSRBuilder:
 def _annotations(
     params: SimulationParams, cells: CellStates, tasks: list[Task], seed: int
 ) -> tuple[pd.DataFrame, CorruptionRecord | None]:
+    """The clean annotations. A scenario's corruption (``params.corruption``) is applied
+    by the evaluation to the annotations a model sees for one task, protecting only
+    that task's concept (:func:`simcell.simulator.corrupt.corrupt_for_task`)."""
     names = concept_names(params.n_concepts)
-    table = pd.DataFrame(cells.concepts.astype(np.float32), columns=names)
-    if params.corruption == "none" or params.corruption_level == 0:
-        return table, None
-    protect = sorted({names[t.concept] for t in tasks})
-    return corrupt(
-        table,
-        params.corruption,
-        params.corruption_level,
-        p=params.corruption_p,
-        protect=protect,
-        rng=stream(seed, "corruption"),
-    )
+    return pd.DataFrame(cells.concepts.astype(np.float32), columns=names), None
 
 
 def _categorical(codes: np.ndarray, prefix: str, n: int) -> pd.Categorical:
@@ -581,17 +574,19 @@ def _factual_anndata(
     obs_names = pd.Index([f"cell_{i}" for i in range(params.n_cells)], dtype=str)
     obs = pd.DataFrame(
         {
-            "batch": _categorical(cells.batch, "batch", params.n_batches),
-            "tissue": _categorical(cells.tissue, "tissue", params.n_tissues),
-            "cell_type": _categorical(cells.cell_type, "cell_type", params.n_cell_types),
-            "library_size": cells.library_size,
+            S.OBS_BATCH: _categorical(cells.batch, "batch", params.n_batches),
+            S.OBS_TISSUE: _categorical(cells.tissue, "tissue", params.n_tissues),
+            S.OBS_CELL_TYPE: _categorical(cells.cell_type, "cell_type", params.n_cell_types),
+            S.OBS_LIBRARY_SIZE: cells.library_size,
         },
         index=obs_names,
     )
     for task in tasks:
-        obs[f"split:{task.name}"] = pd.Categorical(task.split.astype(str), categories=SPLIT_LABELS)
+        obs[S.split_column(task.name)] = pd.Categorical(
+            task.split.astype(str), categories=SPLIT_LABELS
+        )
     var = pd.DataFrame(
-        {"baseline": world.baseline},
+        {S.BASELINE: world.baseline},
         index=pd.Index([f"gene_{j}" for j in range(params.n_genes)], dtype=str),
     )
     annotations = annotations.copy()
@@ -603,12 +598,12 @@ def _factual_anndata(
         X=counts,
         obs=obs,
         var=var,
-        obsm={"concepts": annotations, "concepts_true": concepts_true},
+        obsm={S.CONCEPTS: annotations, S.CONCEPTS_TRUE: concepts_true},
         varm={
-            "concept_effects": world.concept_effects.T.copy(),
-            "batch_effects": world.batch_effects.T.copy(),
-            "tissue_effects": world.tissue_effects.T.copy(),
-            "cell_type_effects": world.cell_type_effects.T.copy(),
+            S.CONCEPT_EFFECTS: world.concept_effects.T.copy(),
+            S.BATCH_EFFECTS: world.batch_effects.T.copy(),
+            S.TISSUE_EFFECTS: world.tissue_effects.T.copy(),
+            S.CELL_TYPE_EFFECTS: world.cell_type_effects.T.copy(),
         },
     )
 
@@ -619,32 +614,32 @@ def _metadata(dataset: Dataset) -> dict:
     resolved["concept_edges"] = np.asarray(params.concept_edges, dtype=np.float64).reshape(-1, 3)
     tasks = pd.DataFrame(
         {
-            "name": [t.name for t in dataset.tasks],
-            "cell_type": [f"cell_type_{t.cell_type}" for t in dataset.tasks],
-            "concept": [f"concept_{t.concept}" for t in dataset.tasks],
-            "n_intervene": [int((t.split == "intervene").sum()) for t in dataset.tasks],
-            "n_heldout": [int((t.split == "heldout").sum()) for t in dataset.tasks],
+            S.TASK_NAME: [t.name for t in dataset.tasks],
+            S.TASK_CELL_TYPE: [f"cell_type_{t.cell_type}" for t in dataset.tasks],
+            S.TASK_CONCEPT: [S.concept_name(t.concept) for t in dataset.tasks],
+            S.TASK_N_INTERVENE: [int((t.split == S.INTERVENE).sum()) for t in dataset.tasks],
+            S.TASK_N_HELDOUT: [int((t.split == S.HELDOUT).sum()) for t in dataset.tasks],
         }
     )
     meta = {
-        "version": simcell.__version__,
-        "scenario": dataset.scenario,
-        "seed": dataset.seed,
-        "params": resolved,
-        "tasks": tasks,
-        "concept_dag": resolved["concept_edges"],
-        "concept_kinds": np.asarray(params.kinds, dtype=str),
-        "world": {
-            "batch_proportions": world.batch_proportions,
-            "tissue_proportions": world.tissue_proportions,
-            "cell_type_proportions": world.cell_type_proportions,
-            "concept_probability": world.concept_probability,
-            "library_size_sd": world.library_size_sd,
-            "unaffected_probability": world.unaffected_probability,
+        S.UNS_VERSION: simcell.__version__,
+        S.UNS_SCENARIO: dataset.scenario,
+        S.UNS_SEED: dataset.seed,
+        S.UNS_PARAMS: resolved,
+        S.UNS_TASKS: tasks,
+        S.UNS_CONCEPT_DAG: resolved["concept_edges"],
+        S.UNS_CONCEPT_KINDS: np.asarray(params.kinds, dtype=str),
+        S.UNS_WORLD: {
+            S.WORLD_BATCH_PROPORTIONS: world.batch_proportions,
+            S.WORLD_TISSUE_PROPORTIONS: world.tissue_proportions,
+            S.WORLD_CELL_TYPE_PROPORTIONS: world.cell_type_proportions,
+            S.WORLD_CONCEPT_PROBABILITY: world.concept_probability,
+            S.WORLD_LIBRARY_SIZE_SD: world.library_size_sd,
+            S.WORLD_UNAFFECTED_PROBABILITY: world.unaffected_probability,
         },
     }
     if dataset.corruption is not None:
-        meta["corruption"] = dataset.corruption.to_dict()
+        meta[S.UNS_CORRUPTION] = dataset.corruption.to_dict()
     return _storable(meta)
 
 

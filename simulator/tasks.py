@@ -55,9 +55,11 @@ def make_tasks(
     For a pair (u, k): every cell of type u with v_k = 1 is ``heldout``; the cells
     of type u with v_k = 0 are split at random, half ``train``, half
     ``intervene``; all other cells are ``train``. A pair is eligible when k is
-    binary, type u has at least ``2 * min_cells`` cells with v_k = 0 and other
-    types have at least ``min_cells`` cells with v_k = 1 (so the concept is seen
-    switched on in training).
+    binary, type u has at least ``2 * min_cells`` cells with v_k = 0 and at least
+    ``min_cells`` cells with v_k = 1 (the ``heldout`` population: the paper holds
+    out pairs where the concept is active, and distributional metrics compare
+    predictions with it), and other types have at least ``min_cells`` cells with
+    v_k = 1 (so the concept is seen switched on in training).
 
     Parameters
     ----------
@@ -84,8 +86,9 @@ def make_tasks(
             if kinds[k] != "binary":
                 continue
             off = np.count_nonzero(of_type & (concepts[:, k] == 0))
+            heldout = np.count_nonzero(of_type & (concepts[:, k] == 1))
             on_elsewhere = np.count_nonzero(~of_type & (concepts[:, k] == 1))
-            if off >= 2 * min_cells and on_elsewhere >= min_cells:
+            if off >= 2 * min_cells and heldout >= min_cells and on_elsewhere >= min_cells:
                 eligible.append((u, k))
     if len(eligible) < n_tasks:
         warnings.warn(

@@ -25,6 +25,7 @@ from simcell import SimcellError
 from simcell.evaluation.metrics._registry import register_metric
 from simcell.evaluation.metrics._validation import as_cells, check_positive, same_dims
 from simcell.evaluation.metrics.distribution import (
+    _FID_CELLS_PER_DIM,
     FidEstimator,
     Precision,
     _resolve_bandwidths,
@@ -201,6 +202,13 @@ def rfid(
     def distance(first: np.ndarray, second: np.ndarray, pairs: bool) -> float:
         return frechet_distance(first, second, paired=pairs, seed=seed, estimator=estimator)
 
+    if estimator == "unbiased":
+        # the bias correction over-corrects small samples (negative FIDs), which
+        # would make a tiny population the "closest": it competes only if large
+        # enough, unless no population is
+        enough = _FID_CELLS_PER_DIM * truth_cells.shape[1]
+        large = [cells for cells in reference_cells if cells.shape[0] >= enough]
+        reference_cells = large or reference_cells
     return _ratio("rfid", distance, pred_cells, truth_cells, reference_cells, paired)
 
 

@@ -20,7 +20,17 @@ from click.testing import CliRunner
 from simcell.cli import main
 from simcell.simulator import read_bundle
 
-SMALL = ["--scenario", "synthetic2", "--n-cells", "300", "--n-genes", "50", "--quiet"]
+SMALL = [
+    "--scenario",
+    "synthetic2",
+    "--n-cells",
+    "300",
+    "--n-genes",
+    "50",
+    "--set",
+    "n_tasks=1",
+    "--quiet",
+]
 EVALUATE = ["--models", "mean_shift", "--tasks", "task_0"]
 FOREIGN = {
     "precious.txt": "a week of work",

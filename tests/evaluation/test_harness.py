@@ -70,7 +70,8 @@ def test_oracle_is_a_floor(bundle_path):
         assert (oracle <= _value(table, "mean_shift", space, "mse")).all()
     gap = _value(table, "mean_shift", "pca", "gap_closed")
     assert gap.notna().all()
-    assert set(table.columns) == {
+    # results.csv gains the columns a study needs (issue 10)
+    assert list(table.columns) == [
         "task",
         "model",
         "seed",
@@ -79,8 +80,13 @@ def test_oracle_is_a_floor(bundle_path):
         "value",
         "ci_low",
         "ci_high",
-    }
-    assert {"mmd", "rmmd", "fid", "energy", "sinkhorn", "knn_accuracy"} <= set(table.metric)
+        "scenario",
+        "data_seed",
+        "corruption",
+        "level",
+    ]
+    assert set(table.scenario) == {"synthetic2"} and set(table.data_seed) == {1}
+    assert {"mmd", "fid", "energy", "sinkhorn", "knn_accuracy"} <= set(table.metric)
 
 
 def test_oracle_without_change_returns_the_cell():
@@ -181,7 +187,14 @@ def test_cli_evaluate_writes_a_report(bundle_path, tmp_path):
     for name in ("results.csv", "summary.md", "config.json", "plots/mse_pca.png"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "results.csv")
-    assert set(table.model) == {"oracle", "identity", "mean_shift"}
+    assert set(table.model) == {
+        "oracle",
+        "oracle_sample",
+        "noise_floor",
+        "heldout",
+        "identity",
+        "mean_shift",
+    }
     from simcell.models import get_preset
 
     written = json.loads((out / "config.json").read_text())
@@ -245,7 +258,7 @@ def test_an_undefined_latent_metric_is_left_out_with_a_warning(caplog):
     concepts[0, 1] = 1.0  # one cell: constant on any held-out share that misses it
     types = np.arange(200) % 3
     rows = _representation_rows("t", "m", 0, Embedding(), x, concepts, concepts, types)
-    names = {row[4] for row in rows}
+    names = {row.metric for row in rows}
     assert "linear_r2" not in names and {"nmi", "mcc", "concept_accuracy"} <= names
     assert "linear_r2" in caplog.text and "constant" in caplog.text
 

@@ -12,7 +12,7 @@ from simcell.evaluation import evaluate, lognormalise, read_predictions
 from simcell.evaluation.predictions import check_space
 from simcell.simulator import read_bundle, simulate, write_bundle
 
-SIZE = {"n_cells": 300, "n_genes": 50, "n_tasks": 2}
+SIZE = {"n_cells": 600, "n_genes": 50, "n_tasks": 2}
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ def test_the_memory_estimate_bounds_the_measured_peak():
 def pristine(tmp_path_factory):
     """A small bundle as ``simcell generate`` writes it (streamed)."""
     path = tmp_path_factory.mktemp("pristine") / "bundle"
-    generate_bundle(scenarios.load("synthetic2", **SMALL, n_tasks=2), 5, path, n_threads=1)
+    generate_bundle(scenarios.load("synthetic2", **SMALL, n_tasks=1), 5, path, n_threads=1)
     return path
 
 

@@ -33,7 +33,7 @@ N_ROWS = 512
 
 def _case(**overrides):
     """A simulated dataset and the inputs of ``evaluate_counts`` for its cells 0..511."""
-    params = scenarios.load("causal", n_cells=600, n_genes=50, **overrides)
+    params = scenarios.load("causal", n_cells=600, n_genes=50, min_task_cells=10, **overrides)
     dataset = simulate(params, seed=2, scenario="causal")
     cells = dataset.cells
     source = np.arange(N_ROWS)
