@@ -157,6 +157,11 @@ class NeuralConfig(ModelConfig):
     ----------
     max_epochs : int
         Number of passes over the training cells.
+    max_steps : int or None
+        Cap on the optimiser steps, applied in whole epochs (see
+        :class:`~simcell.models.Trainer`); ``None`` trains ``max_epochs``
+        whatever the number of cells. The ``fast`` presets set it so that a
+        full-size dataset trains about as many steps as a CI-sized one.
     batch_size : int
         Mini-batch size.
     learning_rate : float
@@ -172,6 +177,7 @@ class NeuralConfig(ModelConfig):
     """
 
     max_epochs: int
+    max_steps: int | None = None
     batch_size: int = 128
     learning_rate: float
     lr_decay: float = 0.997
@@ -183,6 +189,8 @@ class NeuralConfig(ModelConfig):
         name = type(self).__name__
         if self.max_epochs < 1:
             raise SimcellError(f"{name}.max_epochs must be >= 1, got {self.max_epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SimcellError(f"{name}.max_steps must be >= 1, got {self.max_steps}")
         if self.batch_size < 2:
             raise SimcellError(f"{name}.batch_size must be >= 2, got {self.batch_size}")
         if not self.learning_rate > 0:
