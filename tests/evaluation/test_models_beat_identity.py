@@ -34,7 +34,8 @@ Negative control: the same cells with their annotations shuffled across cells
 (the concepts a model sees carry no information about its cells) — scCBGM
 must not beat identity: measured ratios 0.99 1.07 1.01 1.01 1.02 (seed 0,
 this permutation; 0.99 1.05 1.00 1.00 1.01 with one BLAS thread instead of
-two; 1.01 1.07 1.04 1.01 1.01 with another permutation), against the
+two; 1.01 1.07 1.04 1.01 1.01 with another permutation; seed 1: 1.00 1.00
+1.07 1.01 1.01), against the
 threshold 0.9 on every task. So the margin comes from what the annotations
 say, not from the residual abduction keeping the factual cell. Each data seed
 trains from a different trajectory, a larger perturbation than the last-bit
