@@ -151,10 +151,13 @@ class ModelConfig:
 
 #: Optimiser steps of a ``fast`` preset at most. A CI-sized dataset (up to
 #: ~8,500 training cells for 30 epochs of 128, ~6,400 for 40) trains its full
-#: epochs; full-size synthetic2 (~17,600 training cells, 138 batches) trains 15
-#: epochs instead of 30-40, which keeps ``simcell evaluate`` on a 2-core CPU
-#: within minutes. On its task_0 the flows' error did not rise (vanilla_fm_edit
-#: MSE 0.0590 -> 0.0572), scCBGM's rose from 0.0120 to 0.0140.
+#: epochs, bit for bit as without the cap; full-size synthetic2 (~17,600
+#: training cells, 138 batches) trains 15 epochs instead of 30-40, half the
+#: default ``simcell evaluate``'s training time on a 2-core CPU. PCA-space MSE
+#: of 30-40 -> 15 epochs there: task_0 vanilla_fm_edit 0.0590 -> 0.0572, cvae
+#: 0.0056 -> 0.0061, scCBGM 0.0120 -> 0.0140 (identity 0.0033); task_3 scCBGM
+#: 0.0201 -> 0.0208, CBGM 0.0319 -> 0.0255 (identity 0.0533). The ``synthetic``
+#: and ``paper`` presets have no cap.
 FAST_MAX_STEPS = 2000
 
 
@@ -169,8 +172,9 @@ class NeuralConfig(ModelConfig):
     max_steps : int or None
         Cap on the optimiser steps, applied in whole epochs (see
         :class:`~simcell.models.Trainer`); ``None`` trains ``max_epochs``
-        whatever the number of cells. The ``fast`` presets set it so that a
-        full-size dataset trains about as many steps as a CI-sized one.
+        whatever the number of cells. The ``fast`` presets cap it at
+        ``FAST_MAX_STEPS`` so that a full-size dataset does not train three
+        times the steps they were tuned with on CI-sized data.
     batch_size : int
         Mini-batch size.
     learning_rate : float
