@@ -19,7 +19,7 @@ import simcell
 from simcell import SimcellError, SimcellWarning
 from simcell._atomic import Ownership, atomic_output, read_marker, safe_relative
 from simcell.simulator import schema as S
-from simcell.simulator.dataset import Dataset
+from simcell.simulator.process import Dataset
 from simcell.simulator.schema import COUNTERFACTUAL, FACTUAL, MANIFEST
 
 #: where ``simcell generate`` writes bundles (and ``simcell evaluate`` looks) by default
