@@ -318,28 +318,31 @@ def _verify_manifest(path: Path, manifest: dict) -> None:
 
 def _verify_metadata(path: Path, manifest: dict, factual: ad.AnnData) -> None:
     """The factual file's own metadata and shape against the manifest."""
-    meta = factual.uns.get("simcell")
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("params"), Mapping):
-        raise SimcellError(f"{path / FACTUAL} has no uns['simcell'] parameters")
-    recorded = {"scenario": meta.get("scenario"), "seed": meta.get("seed")}
+    meta = factual.uns.get(S.UNS)
+    if not isinstance(meta, Mapping) or not isinstance(meta.get(S.UNS_PARAMS), Mapping):
+        raise SimcellError(f"{path / FACTUAL} has no uns[{S.UNS!r}] parameters")
+    recorded = {
+        S.MANIFEST_SCENARIO: meta.get(S.UNS_SCENARIO),
+        S.MANIFEST_SEED: meta.get(S.UNS_SEED),
+    }
     for key, value in recorded.items():
         if not _same(value, manifest.get(key)):
             raise SimcellError(
-                f"{path / FACTUAL}: uns['simcell'][{key!r}] = {value!r} but the manifest "
+                f"{path / FACTUAL}: uns[{S.UNS!r}][{key!r}] = {value!r} but the manifest "
                 f"says {manifest.get(key)!r}; {_SKIP}"
             )
-    params = manifest.get("params")
+    params = manifest.get(S.MANIFEST_PARAMS)
     if not isinstance(params, dict):
         raise SimcellError(f"{path / MANIFEST} has no parameters")
     expected = {k: v for k, v in params.items() if v is not None}  # h5ad stores no None
-    stored = dict(meta["params"])
+    stored = dict(meta[S.UNS_PARAMS])
     for key in sorted(set(expected) | set(stored)):
         if key not in stored or key not in expected or not _same(stored[key], expected[key]):
             raise SimcellError(
-                f"{path / FACTUAL}: uns['simcell']['params'][{key!r}] = {stored.get(key)!r} "
-                f"but the manifest says {expected.get(key)!r}; {_SKIP}"
+                f"{path / FACTUAL}: uns[{S.UNS!r}][{S.UNS_PARAMS!r}][{key!r}] = "
+                f"{stored.get(key)!r} but the manifest says {expected.get(key)!r}; {_SKIP}"
             )
-    shape = (manifest.get("n_cells"), manifest.get("n_genes"))
+    shape = (manifest.get(S.MANIFEST_N_CELLS), manifest.get(S.MANIFEST_N_GENES))
     if tuple(factual.shape) != shape:
         raise SimcellError(
             f"{path / FACTUAL} has {factual.shape[0]} cells x {factual.shape[1]} genes, "

@@ -245,14 +245,7 @@ def prepare(
     seed = int(seed)
     world = draw_world(params, seed)
     cells = draw_cells(params, world, seed)
-    tasks = make_tasks(
-        cells.cell_type,
-        cells.concepts,
-        n_tasks=params.n_tasks,
-        min_cells=params.min_task_cells,
-        rng=stream(seed, "tasks"),
-        concept_kinds=params.kinds,
-    )
+    tasks = draw_tasks(params, cells, seed)
     request, task_labels = _task_requests(params, world, cells, tasks)
     annotations, record = clean_annotations(params, cells, tasks, seed)
     factual = factual_anndata(params, world, cells, tasks, None, annotations)
@@ -272,6 +265,18 @@ def prepare(
     )
     factual.uns[S.UNS] = metadata(dataset)
     return dataset, request
+
+
+def draw_tasks(params: SimulationParams, cells: CellStates, seed: int) -> list[Task]:
+    """The intervention tasks of a simulation (paper C.6), from the stream ``"tasks"``."""
+    return make_tasks(
+        cells.cell_type,
+        cells.concepts,
+        n_tasks=params.n_tasks,
+        min_cells=params.min_task_cells,
+        rng=stream(seed, "tasks"),
+        concept_kinds=params.kinds,
+    )
 
 
 def _task_requests(
