@@ -351,13 +351,14 @@ def _population_rows(
     target's own indices; an unpaired population (heldout cells) is subsampled
     on its own, with ``paired=False``.
     """
+    # without truth the target is the heldout cells: nothing is paired with them
+    paired = paired and pops.paired_target
     if paired:
         pred, small = pcs[pops.cells], pcs[pops.small]
     else:
         rng = stream(labels.seed, data.name, model, "population cells")
         pred = pcs[_pick(pcs.shape[0], MAX_DISTRIBUTION_CELLS, rng)]
         small = pred[_pick(pred.shape[0], MAX_SINKHORN_CELLS, rng)]
-    paired = paired and pops.paired_target
     shared = {"paired": paired, "bandwidths": pops.bandwidths, "epsilon": pops.epsilon, "seed": 0}
     rows = []
     for metric in m.list_metrics("distribution"):

@@ -9,7 +9,6 @@ twins (:func:`cell_posterior`, :class:`TwinPosterior`, :func:`same_law_sample`).
 from simcell.simulator.bundle import Bundle, bundle_identity, read_bundle, write_bundle
 from simcell.simulator.cells import CellStates, solve_concepts
 from simcell.simulator.corrupt import CorruptionRecord, corrupt
-from simcell.simulator.dataset import Dataset, simulate
 from simcell.simulator.params import SimulationParams
 from simcell.simulator.poisson import poisson_ppf
 from simcell.simulator.posterior import (
@@ -19,6 +18,7 @@ from simcell.simulator.posterior import (
     concept_dag,
     same_law_sample,
 )
+from simcell.simulator.process import Dataset, simulate
 from simcell.simulator.stream import generate_bundle
 from simcell.simulator.tasks import Task, make_tasks
 from simcell.simulator.world import World, draw_world

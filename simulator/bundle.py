@@ -19,7 +19,7 @@ import simcell
 from simcell import SimcellError, SimcellWarning
 from simcell._atomic import Ownership, atomic_output, read_marker, safe_relative
 from simcell.simulator import schema as S
-from simcell.simulator.dataset import Dataset
+from simcell.simulator.process import Dataset
 from simcell.simulator.schema import COUNTERFACTUAL, FACTUAL, MANIFEST
 
 #: where ``simcell generate`` writes bundles (and ``simcell evaluate`` looks) by default
@@ -34,13 +34,15 @@ class Bundle:
     ----------
     path : Path
     factual : AnnData
-    counterfactual : AnnData
+    counterfactual : AnnData or None
+        The true counterfactuals; None for a bundle without them (real cells:
+        its manifest lists no ``counterfactual.h5ad``), see :func:`schema.has_truth`.
     manifest : dict
     """
 
     path: Path
     factual: ad.AnnData
-    counterfactual: ad.AnnData
+    counterfactual: ad.AnnData | None
     manifest: dict
 
     @property
@@ -97,8 +99,9 @@ def bundle_identity(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def manifest_for(dataset: Dataset, directory: Path) -> dict:
-    """The manifest of a bundle whose files are in ``directory``."""
+def manifest_for(dataset: Dataset, directory: Path, *, truth: bool = True) -> dict:
+    """The manifest of a bundle whose files are in ``directory`` (``truth``: it holds
+    ``counterfactual.h5ad``, whose checksum is then listed)."""
     manifest = {
         S.MANIFEST_FORMAT: S.FORMAT,
         S.MANIFEST_VERSION: simcell.__version__,
@@ -116,7 +119,7 @@ def manifest_for(dataset: Dataset, directory: Path) -> dict:
             for t in dataset.tasks
         ],
         S.MANIFEST_CHECKSUMS: {
-            name: file_checksum(directory / name) for name in (FACTUAL, COUNTERFACTUAL)
+            name: file_checksum(directory / name) for name in _FILES[: 2 if truth else 1]
         },
     }
     manifest[S.MANIFEST_IDENTITY] = bundle_identity(manifest)
@@ -140,7 +143,9 @@ def _bundle_files(path: Path) -> frozenset[str] | None:
 BUNDLE_OWNERSHIP = Ownership(what="bundle", marker=MANIFEST, claim=_bundle_files)
 
 
-def write_bundle(dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def write_bundle(
+    dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: bool = False, truth: bool = True
+) -> Path:
     """Write ``dataset`` as a bundle, atomically.
 
     The files are written to a staging folder beside ``out_dir`` and renamed
@@ -155,6 +160,11 @@ def write_bundle(dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: boo
     overwrite : bool
         Write into a folder that holds files simcell did not write, replacing
         only simcell's own files and keeping every other one.
+    truth : bool
+        Write the true counterfactuals (``counterfactual.h5ad``). False writes a
+        bundle without them, as a bundle of real cells is: :func:`read_bundle`
+        then gives ``counterfactual=None`` and the evaluation scores the
+        distributional metrics alone.
 
     Returns
     -------
@@ -170,14 +180,20 @@ def write_bundle(dataset: Dataset, out_dir: str | os.PathLike, *, overwrite: boo
     out_dir = Path(out_dir)
     with atomic_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite) as staging:
         dataset.factual.write_h5ad(staging / FACTUAL)
-        dataset.counterfactuals.write_h5ad(staging / COUNTERFACTUAL)
-        manifest = manifest_for(dataset, staging)
+        if truth:
+            dataset.counterfactuals.write_h5ad(staging / COUNTERFACTUAL)
+        manifest = manifest_for(dataset, staging, truth=truth)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out_dir
 
 
 def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: bool = True) -> Bundle:
     """Read a bundle written by :func:`write_bundle`, verifying it by default.
+
+    ``counterfactual.h5ad`` (the true counterfactuals) is optional: a bundle whose
+    manifest lists only ``factual.h5ad`` in its checksums is read with
+    ``counterfactual=None`` (a bundle of real cells). One whose manifest lists it
+    must have it.
 
     Verification refuses a bundle that is not exactly what simcell wrote:
 
@@ -207,7 +223,7 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
         Naming the file that is missing, unreadable or fails a check.
     """
     path = Path(out_dir)
-    for name in (FACTUAL, COUNTERFACTUAL, MANIFEST):
+    for name in (FACTUAL, MANIFEST):
         if not (path / name).is_file():
             raise SimcellError(f"{path} is not a simcell bundle: {name} is missing")
     try:
@@ -218,21 +234,29 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
         raise SimcellError(f"cannot read {path / MANIFEST}: {error}") from None
     if not isinstance(manifest, dict):
         raise SimcellError(f"{path / MANIFEST} is not a simcell manifest (not a JSON object)")
+    truth = _lists_truth(manifest)
+    if truth and not (path / COUNTERFACTUAL).is_file():
+        raise SimcellError(
+            f"{path} is not a complete simcell bundle: {COUNTERFACTUAL} is missing "
+            "(its manifest lists it)"
+        )
     if not verify:
         factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
-        return Bundle(path, factual, _read_h5ad(path / COUNTERFACTUAL), manifest)
+        counterfactual = _read_h5ad(path / COUNTERFACTUAL) if truth else None
+        return Bundle(path, factual, counterfactual, manifest)
     _verify_manifest(path, manifest)
+    files = _FILES if truth else (FACTUAL,)
     # hashing releases the GIL: the checksums stream on their own threads while
     # h5py loads the files, and nothing read is returned unless they match
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = {name: pool.submit(file_checksum, path / name) for name in _FILES}
+        digests = {name: pool.submit(file_checksum, path / name) for name in files}
         try:
             factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
-            counterfactual = _read_h5ad(path / COUNTERFACTUAL)
+            counterfactual = _read_h5ad(path / COUNTERFACTUAL) if truth else None
             unreadable = None
         except SimcellError as error:
             unreadable = error
-        for name in _FILES:  # a damaged file is reported as failing its checksum first
+        for name in files:  # a damaged file is reported as failing its checksum first
             if digests[name].result() != manifest[S.MANIFEST_CHECKSUMS][name]:
                 raise SimcellError(
                     f"{path / name} does not match its checksum in the manifest "
@@ -258,11 +282,27 @@ def _read_h5ad(path: Path, backed: str | None = None) -> ad.AnnData:
         ) from None
 
 
-def _verify_manifest(path: Path, manifest: dict) -> None:
-    """The manifest has both checksums and matches its own identity."""
+def _lists_truth(manifest: dict) -> bool:
+    """Whether the manifest says the bundle holds the true counterfactuals: its
+    checksums list ``counterfactual.h5ad`` (a manifest without checksums is taken
+    to, as every bundle before truth became optional did)."""
     checksums = manifest.get(S.MANIFEST_CHECKSUMS)
-    if not isinstance(checksums, dict) or set(checksums) != set(_FILES):
-        raise SimcellError(f"{path / MANIFEST} has no checksums of {FACTUAL} and {COUNTERFACTUAL}")
+    return not isinstance(checksums, dict) or COUNTERFACTUAL in checksums
+
+
+def _verify_manifest(path: Path, manifest: dict) -> None:
+    """The manifest has the checksum of every file it lists (the factual cells, and
+    the truth when present) and matches its own identity."""
+    checksums = manifest.get(S.MANIFEST_CHECKSUMS)
+    if (
+        not isinstance(checksums, dict)
+        or FACTUAL not in checksums
+        or not set(checksums) <= set(_FILES)
+    ):
+        raise SimcellError(
+            f"{path / MANIFEST} has no checksums of {FACTUAL} (and {COUNTERFACTUAL} "
+            "when the bundle has the true counterfactuals)"
+        )
     if S.MANIFEST_IDENTITY not in manifest:
         warnings.warn(
             f"{path / MANIFEST} has no identity (written by an older simcell): "
@@ -278,28 +318,31 @@ def _verify_manifest(path: Path, manifest: dict) -> None:
 
 def _verify_metadata(path: Path, manifest: dict, factual: ad.AnnData) -> None:
     """The factual file's own metadata and shape against the manifest."""
-    meta = factual.uns.get("simcell")
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("params"), Mapping):
-        raise SimcellError(f"{path / FACTUAL} has no uns['simcell'] parameters")
-    recorded = {"scenario": meta.get("scenario"), "seed": meta.get("seed")}
+    meta = factual.uns.get(S.UNS)
+    if not isinstance(meta, Mapping) or not isinstance(meta.get(S.UNS_PARAMS), Mapping):
+        raise SimcellError(f"{path / FACTUAL} has no uns[{S.UNS!r}] parameters")
+    recorded = {
+        S.MANIFEST_SCENARIO: meta.get(S.UNS_SCENARIO),
+        S.MANIFEST_SEED: meta.get(S.UNS_SEED),
+    }
     for key, value in recorded.items():
         if not _same(value, manifest.get(key)):
             raise SimcellError(
-                f"{path / FACTUAL}: uns['simcell'][{key!r}] = {value!r} but the manifest "
+                f"{path / FACTUAL}: uns[{S.UNS!r}][{key!r}] = {value!r} but the manifest "
                 f"says {manifest.get(key)!r}; {_SKIP}"
             )
-    params = manifest.get("params")
+    params = manifest.get(S.MANIFEST_PARAMS)
     if not isinstance(params, dict):
         raise SimcellError(f"{path / MANIFEST} has no parameters")
     expected = {k: v for k, v in params.items() if v is not None}  # h5ad stores no None
-    stored = dict(meta["params"])
+    stored = dict(meta[S.UNS_PARAMS])
     for key in sorted(set(expected) | set(stored)):
         if key not in stored or key not in expected or not _same(stored[key], expected[key]):
             raise SimcellError(
-                f"{path / FACTUAL}: uns['simcell']['params'][{key!r}] = {stored.get(key)!r} "
-                f"but the manifest says {expected.get(key)!r}; {_SKIP}"
+                f"{path / FACTUAL}: uns[{S.UNS!r}][{S.UNS_PARAMS!r}][{key!r}] = "
+                f"{stored.get(key)!r} but the manifest says {expected.get(key)!r}; {_SKIP}"
             )
-    shape = (manifest.get("n_cells"), manifest.get("n_genes"))
+    shape = (manifest.get(S.MANIFEST_N_CELLS), manifest.get(S.MANIFEST_N_GENES))
     if tuple(factual.shape) != shape:
         raise SimcellError(
             f"{path / FACTUAL} has {factual.shape[0]} cells x {factual.shape[1]} genes, "

@@ -54,6 +54,7 @@ import numpy as np
 from scipy import special
 
 from simcell import SimcellError
+from simcell.simulator import schema
 from simcell.simulator.poisson import (
     _SEQUENTIAL_MAX_RATE,
     _UNCERTAIN,
@@ -168,10 +169,7 @@ def concept_dag(bundle) -> tuple[tuple[str, str, float], ...]:
     -------
     tuple of (str, str, float)
     """
-    factual = bundle.factual
-    names = [str(c) for c in factual.obsm["concepts_true"].columns]
-    edges = np.asarray(factual.uns["simcell"].get("concept_dag", np.zeros((0, 3))), dtype=float)
-    return tuple((names[int(p)], names[int(c)], float(w)) for p, c, w in edges.reshape(-1, 3))
+    return schema.concept_dag(bundle.factual)
 
 
 def cell_posterior(bundle, positions: np.ndarray) -> CellPosterior:
@@ -197,38 +195,31 @@ def cell_posterior(bundle, positions: np.ndarray) -> CellPosterior:
         raise SimcellError(f"cell_posterior: a position is out of range for {n_total} cells")
     if factual.X is None:
         raise SimcellError("cell_posterior: the factual cells have no counts")
-    meta = factual.uns["simcell"]
-    obs = factual.obs.iloc[positions]
-    concepts_true = factual.obsm["concepts_true"]
+    world = schema.world_arrays(factual)
+    codes = schema.covariate_codes(factual, positions)
+    concepts_true = schema.true_concepts(factual)
     names = tuple(str(c) for c in concepts_true.columns)
     concepts = np.asarray(concepts_true.to_numpy(), dtype=np.float64)[positions]
-    effects = np.asarray(factual.varm["concept_effects"]).T  # (K, G)
-    cell_type = obs["cell_type"].cat.codes.to_numpy()
+    cell_type = codes[schema.OBS_CELL_TYPE]
     # summed in the order of the simulator's log-rate (then the concepts)
     log_rate = (
-        factual.var["baseline"].to_numpy()[None, :]
-        + np.asarray(factual.varm["batch_effects"]).T[obs["batch"].cat.codes.to_numpy()]
-        + np.asarray(factual.varm["tissue_effects"]).T[obs["tissue"].cat.codes.to_numpy()]
-        + np.asarray(factual.varm["cell_type_effects"]).T[cell_type]
-        + concepts @ effects
+        world.baseline[None, :]
+        + world.batch_effects[codes[schema.OBS_BATCH]]
+        + world.tissue_effects[codes[schema.OBS_TISSUE]]
+        + world.cell_type_effects[cell_type]
+        + concepts @ world.concept_effects
     )
-    world = meta["world"]
-    kinds = meta.get("concept_kinds")
-    kinds = tuple(str(k) for k in kinds) if kinds is not None else ("binary",) * len(names)
-    probability = np.asarray(world["concept_probability"], dtype=np.float64)
     return CellPosterior(
         counts=_dense(factual.X[positions]).astype(np.int64),
         log_rate_mean=log_rate,
-        library_size_sd=np.asarray(world["library_size_sd"], dtype=np.float64)[
-            obs["batch"].cat.codes.to_numpy()
-        ],
-        noise_sd=float(meta["params"]["noise_sd"]),
+        library_size_sd=world.library_size_sd[codes[schema.OBS_BATCH]],
+        noise_sd=world.noise_sd,
         concepts=concepts,
-        concept_effects=effects,
-        concept_liability_mean=special.ndtri(probability)[cell_type],
+        concept_effects=world.concept_effects,
+        concept_liability_mean=special.ndtri(world.concept_probability)[cell_type],
         concept_names=names,
-        concept_kinds=kinds,
-        concept_dag=concept_dag(bundle),
+        concept_kinds=tuple(schema.concept_kinds(factual).values()),
+        concept_dag=schema.concept_dag(factual),
     )
 
 

@@ -144,9 +144,13 @@ def concept_names(factual: ad.AnnData) -> tuple[str, ...]:
 
 
 def concept_kinds(factual: ad.AnnData) -> dict[str, ConceptKind]:
-    """The kind of every true concept, by name."""
-    kinds = np.asarray(_meta(factual)[UNS_CONCEPT_KINDS]).astype(str)
+    """The kind of every true concept, by name (all binary in a bundle that records no
+    kinds: it predates continuous concepts)."""
     names = concept_names(factual)
+    recorded = _meta(factual).get(UNS_CONCEPT_KINDS)
+    if recorded is None:
+        return dict.fromkeys(names, "binary")
+    kinds = np.asarray(recorded).astype(str)
     if kinds.size != len(names):
         raise SimcellError(
             f"the bundle records {kinds.size} concept kinds for {len(names)} concepts"

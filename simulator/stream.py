@@ -29,17 +29,16 @@ from simcell.simulator.bundle import (
     manifest_for,
 )
 from simcell.simulator.counts import chunk_bounds
-from simcell.simulator.dataset import (
+from simcell.simulator.engine import (
     DEFAULT_CHUNK,
-    Dataset,
     Engine,
     Progress,
-    _threads,
     count_job,
     count_pass,
-    prepare,
+    n_workers,
 )
 from simcell.simulator.params import SimulationParams, check_memory
+from simcell.simulator.process import Dataset, prepare
 
 _H5_CHUNK = 1 << 20
 
@@ -107,7 +106,7 @@ def generate_bundle(
         The dataset's metadata (world, cells, tasks) with ``X`` left empty; the
         counts are in the bundle, and ``Dataset.counterfactual`` still works.
     """
-    check_memory(params, chunk_size=chunk_size, n_threads=_threads(n_threads))
+    check_memory(params, chunk_size=chunk_size, n_threads=n_workers(n_threads))
     out_dir = Path(out_dir)
     check_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite)  # refuse before simulating
     dataset, request = prepare(params, seed, scenario)

@@ -171,22 +171,14 @@ def test_every_task_of_default_synthetic2_has_a_heldout_population():
     first 10 seeds already include such tasks.
     """
     from simcell import scenarios
-    from simcell.simulator._rng import stream
     from simcell.simulator.cells import draw_cells
+    from simcell.simulator.process import draw_tasks
     from simcell.simulator.world import draw_world
 
     params = scenarios.load("synthetic2")
     for seed in range(10):
         world = draw_world(params, seed)
-        cells = draw_cells(params, world, seed)
-        tasks = make_tasks(
-            cells.cell_type,
-            cells.concepts,
-            n_tasks=params.n_tasks,
-            min_cells=params.min_task_cells,
-            rng=stream(seed, "tasks"),
-            concept_kinds=params.kinds,
-        )
+        tasks = draw_tasks(params, draw_cells(params, world, seed), seed)
         assert len(tasks) == params.n_tasks
         for task in tasks:
             assert np.count_nonzero(task.split == "heldout") >= params.min_task_cells, (seed, task)
