@@ -11,6 +11,7 @@ import click
 import simcell
 from simcell._atomic import clear_stop, request_stop
 from simcell.cli.evaluate import evaluate
+from simcell.cli.export import export
 from simcell.cli.generate import generate, scenarios
 
 
@@ -43,3 +44,4 @@ def _stop_on_signals(ctx: click.Context) -> None:
 main.add_command(generate)
 main.add_command(scenarios)
 main.add_command(evaluate)
+main.add_command(export)

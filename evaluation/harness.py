@@ -39,7 +39,7 @@ from simcell import SimcellError, SimcellWarning
 from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
 from simcell.evaluation.oracle import oracle_posterior
-from simcell.evaluation.predictions import _brought_genes, read_predictions
+from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
 from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
 from simcell.simulator import Bundle, read_bundle, same_law_sample, schema
 
@@ -652,7 +652,10 @@ def evaluate(
             f"{schema.COUNTERFACTUAL}; leave cell_level unset for distributional metrics"
         )
     conditions = _check_corruptions(factual, corruptions)
-    brought = read_predictions(predictions, bundle) if predictions is not None else None
+    brought = None
+    if predictions is not None:
+        brought = read_predictions(predictions, bundle, tasks)
+        check_pca_settings(brought, seed=seed, n_components=n_components, tasks=tasks)
     config = EvaluationConfig(models=tuple(models), preset=preset, device=device, seed=seed)
     base = _Labels(
         seed=seed,
@@ -782,8 +785,7 @@ def _evaluate_task(
                 )
     if brought is not None:
         with clock.step(name, "predictions"):
-            genes = _brought_genes(brought, data, bundle.factual, data.preprocessor)
-            pcs = data.preprocessor.to_pca(genes)
+            genes, pcs = brought_for_task(brought, data, bundle.factual)
             if cells:
                 rows += _cell_rows(data, PREDICTIONS, pcs, genes, base, n_boot)
             rows += _population_rows(data, PREDICTIONS, pcs, base, pops, paired=True)
