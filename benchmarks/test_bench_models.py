@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from simcell.models import create_model
+from simcell.models import Trainer, create_model
 
 N_CELLS, N_DIMS, N_CONCEPTS = 2000, 128, 4
 
@@ -41,8 +41,10 @@ def _reference_training(n_steps: int, width: int = 64) -> None:
 
 
 def _steps(model_name: str) -> int:
+    """Optimiser steps of the model's fast preset on ``N_CELLS`` cells (``max_steps`` too)."""
     config = create_model(model_name).config
-    return config.max_epochs * -(-N_CELLS // config.batch_size)
+    epochs = Trainer.from_config(config, device="cpu").n_epochs(N_CELLS)
+    return epochs * -(-N_CELLS // config.batch_size)
 
 
 @pytest.mark.parametrize("name", ["sccbgm", "cvae", "vanilla_fm_edit"])

@@ -28,7 +28,13 @@ from ._concepts import (
     concept_condition,
     edited_mask,
 )
-from ._config import NeuralConfig, check_fraction, check_non_negative, check_positive
+from ._config import (
+    FAST_MAX_STEPS,
+    NeuralConfig,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 from ._nn import GaussianEncoder, ResidualMLP, gaussian_kl, reparameterize
 from ._trainer import build_module
 
@@ -102,6 +108,7 @@ CVAE_PRESETS: dict[str, CVAEConfig] = {
         beta=1e-4,
         learning_rate=3e-3,
         max_epochs=30,
+        max_steps=FAST_MAX_STEPS,
         batch_size=128,
         residual_abduction=True,
     ),

@@ -49,7 +49,7 @@ from ._concepts import (
     concept_condition,
     edited_mask,
 )
-from ._config import NeuralConfig, check_fraction, check_positive
+from ._config import FAST_MAX_STEPS, NeuralConfig, check_fraction, check_positive
 from ._nn import VelocityNetwork
 from ._trainer import Trainer, build_module, derive_seed
 from .base import ConceptKind
@@ -136,6 +136,7 @@ _FLOW_FAST: dict[str, Any] = {
     "dropout": 0.0,
     "learning_rate": 3e-3,
     "max_epochs": 40,
+    "max_steps": FAST_MAX_STEPS,
     "batch_size": 128,
     "solver": "midpoint",
     "n_steps": 16,

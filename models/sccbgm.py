@@ -47,7 +47,13 @@ from ._concepts import (
     concept_loss,
     edited_mask,
 )
-from ._config import NeuralConfig, check_fraction, check_non_negative, check_positive
+from ._config import (
+    FAST_MAX_STEPS,
+    NeuralConfig,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 from ._nn import GaussianEncoder, ResidualMLP, gaussian_kl, reparameterize
 from ._trainer import build_module
 from .base import ConceptKind
@@ -168,6 +174,7 @@ SCCBGM_PRESETS: dict[str, SCCBGMConfig] = {
         residual_abduction=True,
     ),
     # Seconds on a laptop CPU for a few thousand cells; for tests, CI and smoke runs.
+    # max_steps binds only above ~8,500 training cells (see FAST_MAX_STEPS).
     # Dropout 0.2 halves the cell-to-cell spread of the decoder's concept effect
     # (its noise) on CI-sized synthetic2 (seeds 1 and 2, 6,000 x 400).
     "fast": SCCBGMConfig(
@@ -181,6 +188,7 @@ SCCBGM_PRESETS: dict[str, SCCBGMConfig] = {
         orthogonality_weight=0.5,
         learning_rate=3e-3,
         max_epochs=30,
+        max_steps=FAST_MAX_STEPS,
         batch_size=128,
         residual_abduction=True,
     ),

@@ -88,6 +88,7 @@ def test_unknown_override_names_valid_options() -> None:
         ({"orthogonality": "cos"}, "'cross_covariance' | 'cosine' | 'none'"),
         ({"hidden_dim": 12.5}, "hidden_dim"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"max_steps": 0}, "max_steps"),
         ({"dropout": 1.0}, "dropout"),
         ({"early_stopping_patience": 3}, "validation_fraction"),
     ],

@@ -114,6 +114,32 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert torch.equal(module.layer.weight, one_epoch.layer.weight)
 
 
+def test_max_steps_caps_training_in_whole_epochs() -> None:
+    data = {"x": torch.zeros((40, 1))}  # 5 batches of 8 per epoch
+    options = dict(batch_size=8, learning_rate=0.02, device="cpu", progress_bar=False)
+    # ceil(12 / 5) = 3 epochs: the cap is reached inside the third, which is finished
+    capped = Trainer(max_epochs=10, max_steps=12, **options)
+    assert capped.n_epochs(40) == 3
+    assert len(capped.fit(_drifting(), data).train_loss) == 3
+    assert Trainer(max_epochs=10, max_steps=1, **options).n_epochs(40) == 1
+    assert Trainer(max_epochs=10, max_steps=10**6, **options).n_epochs(40) == 10
+    assert Trainer(max_epochs=10, **options).n_epochs(10**6) == 10
+
+
+def test_a_cap_that_does_not_bind_changes_no_weight(toy) -> None:
+    """CI-sized data train exactly as before: the fast presets' cap binds only on big data."""
+
+    def fit(max_steps):
+        return create_model(
+            "sccbgm", device="cpu", progress_bar=False, max_epochs=3, max_steps=max_steps
+        ).fit(toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds)
+
+    free, loose, tight = fit(None), fit(10**6), fit(1)
+    for key, value in free.module_.state_dict().items():
+        assert torch.equal(value, loose.module_.state_dict()[key]), key
+    assert len(free.history_.train_loss) == 3 and len(tight.history_.train_loss) == 1
+
+
 def test_learning_rate_decays_exponentially() -> None:
     module = _drifting()
     trainer = Trainer(
