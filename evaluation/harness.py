@@ -181,7 +181,9 @@ class _Populations:
     metrics (and, for metrics with an entropic ε, the smaller set): a paired
     prediction and the truth are subsampled with the SAME indices. ``target`` is
     the truth, or the heldout cells when the bundle has no truth. ``nearest``
-    holds, per ratio metric, the closest reference population (found once).
+    holds, per ratio metric, the closest reference population (found once), and
+    ``denominators`` its distance to the target (computed once, for the ratio
+    metrics that take a precomputed ``denominator``).
     """
 
     cells: np.ndarray
@@ -192,6 +194,7 @@ class _Populations:
     bandwidths: tuple[float, ...]
     epsilon: float
     nearest: dict
+    denominators: dict
 
 
 def _pick(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -217,7 +220,7 @@ def _populations(data: TaskData, seed: int) -> _Populations:
     pairs = ((small_target[:, None, :] - small_target[None, :, :]) ** 2).sum(-1)
     epsilon = 0.05 * float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
     shared = {"bandwidths": bandwidths, "epsilon": epsilon, "seed": 0, **SINKHORN_OPTIONS}
-    nearest = {}
+    nearest, denominators = {}, {}
     rng = stream(seed, data.name, "ot references")
     for metric in m.list_metrics("distribution"):
         if "references" not in metric.inputs or not data.references:
@@ -227,10 +230,31 @@ def _populations(data: TaskData, seed: int) -> _Populations:
         goal = small_target if _uses_epsilon(metric) else target[: 2 * MAX_SEARCH_CELLS]
         search = [r[pick] for r, pick in zip(data.references, picks, strict=True)]
         index = _nearest(metric, search, goal, shared, data.name)
-        if index is not None:
-            population = data.references[index]
-            nearest[metric.name] = search[index] if _uses_epsilon(metric) else population
-    return _Populations(cells, small, target, small_target, paired, bandwidths, epsilon, nearest)
+        if index is None:
+            continue
+        population = search[index] if _uses_epsilon(metric) else data.references[index]
+        nearest[metric.name] = population
+        if "denominator" in metric.options:
+            # the ratio's denominator depends on the target and this population
+            # only: computed here once, not again for every row
+            context = {
+                **shared,
+                "paired": False,
+                "pred": population,
+                "truth": small_target if _uses_epsilon(metric) else target,
+                "references": [population],
+                "denominator": 1.0,
+            }
+            if not _uses_epsilon(metric):
+                context = {k: v for k, v in context.items() if k not in SINKHORN_OPTIONS}
+            try:
+                with _budget_notes(f"{data.name} {metric.name} denominator"):
+                    denominators[metric.name] = float(_call(metric, context))
+            except SimcellError as error:
+                log.warning("%s %s denominator: %s", data.name, metric.name, error)
+    return _Populations(
+        cells, small, target, small_target, paired, bandwidths, epsilon, nearest, denominators
+    )
 
 
 def _call(metric: m.Metric, context: Mapping) -> float | np.ndarray:
@@ -244,10 +268,23 @@ def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task:
     """Index of the reference population closest to ``goal`` under a ratio metric's
     distance (None when every candidate denominator is at distance <= 0).
 
-    The ratio of population r against one fixed denominator population orders
-    the populations by their distance to the goal, so the metric itself finds
-    the nearest without the harness knowing its distance.
+    A ratio with a unit ``denominator`` is its distance, so the metric itself
+    measures each population once without the harness knowing its distance.
+    A ratio metric without that option orders the populations by their ratio
+    against one fixed denominator population (one more distance per call).
     """
+    if "denominator" in metric.options:
+        with _budget_notes(f"{task} reference populations"):
+            distances = [
+                float(
+                    _call(
+                        metric,
+                        {**shared, "pred": r, "truth": goal, "references": [r], "denominator": 1.0},
+                    )
+                )
+                for r in refs
+            ]
+        return int(np.argmin(distances)) if max(distances) > 0 else None
     for denominator in refs:
         try:
             with _budget_notes(f"{task} reference populations"):
@@ -374,6 +411,8 @@ def _population_rows(
             if nearest is None:
                 continue
             context["references"] = [nearest]
+            if metric.name in pops.denominators:
+                context["denominator"] = pops.denominators[metric.name]
         try:
             with _budget_notes(f"{data.name} {model} {metric.name}"):
                 value = float(_call(metric, context))

@@ -30,6 +30,7 @@ from sklearn.decomposition import PCA
 
 from simcell import SimcellError
 from simcell._random import int_seed, stream
+from simcell.evaluation.metrics._distances import one_blas_thread
 from simcell.evaluation.preprocess import Preprocessor, lognormalise
 from simcell.simulator import schema
 from simcell.simulator.corrupt import CorruptionRecord, check_corruption, corrupt_for_task
@@ -286,7 +287,11 @@ def fit_preprocessor(
     n = min(n_components, fit.shape[0] - 1, fit.shape[1])
     if n < 1:
         raise SimcellError(f"too few train cells ({fit.shape[0]}) to fit a PCA")
-    pca = PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(fit)
+    # one BLAS thread: the randomized SVD's tall-skinny QR / LU gain nothing from a
+    # second thread and wait for it on a busy machine (3x faster on 2 loaded
+    # cores), and the fitted PCA no longer depends on the machine's core count
+    with one_blas_thread():
+        pca = PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(fit)
     return Preprocessor(target_sum=target_sum, pca=pca)
 
 

@@ -20,8 +20,12 @@ References
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -440,7 +444,10 @@ def frechet_distance(
         (``>= 0``), for comparison with published numbers.
     n_blocks : int, default 10
         Number ``G`` of jackknife blocks (at most ``min(m, n)``); each costs one
-        ``n_dims × n_dims`` matrix square root.
+        ``n_dims × n_dims`` symmetric eigenproblem. The ``truth`` side's
+        covariances and their factors are computed once per ``truth`` sample
+        (and blocks) and reused across calls, so scoring many predictions
+        against one truth factors it once.
 
     Returns
     -------
@@ -457,12 +464,13 @@ def frechet_distance(
     plugin = estimator == "plugin"
     x_cells, y_cells = two_samples(pred, truth, min_cells=2 if plugin else 3, paired=paired)
     if plugin:
-        return frechet_from_moments(
-            x_cells.mean(axis=0),
-            np.atleast_2d(np.cov(x_cells, rowvar=False)),
-            y_cells.mean(axis=0),
-            np.atleast_2d(np.cov(y_cells, rowvar=False)),
-        )
+        with _distances.one_blas_thread():
+            return frechet_from_moments(
+                x_cells.mean(axis=0),
+                np.atleast_2d(np.cov(x_cells, rowvar=False)),
+                y_cells.mean(axis=0),
+                np.atleast_2d(np.cov(y_cells, rowvar=False)),
+            )
     if int(n_blocks) != n_blocks or n_blocks < 2:
         raise SimcellError(f"n_blocks must be an integer >= 2; got {n_blocks!r}")
     m, n = x_cells.shape[0], y_cells.shape[0]
@@ -474,40 +482,106 @@ def frechet_distance(
             SimcellWarning,
             stacklevel=2,
         )
-    x_centred = x_cells - x_cells.mean(axis=0)
-    y_centred = y_cells - y_cells.mean(axis=0)
     groups = min(int(n_blocks), m, n)
     rng = np.random.default_rng(seed)
     x_blocks = np.array_split(rng.permutation(m), groups)
     y_blocks = x_blocks if paired else np.array_split(rng.permutation(n), groups)
-    cov_x, cov_x_without = _distances.scatter_without_blocks(x_centred, x_blocks)
-    cov_y, cov_y_without = _distances.scatter_without_blocks(y_centred, y_blocks)
-    if paired:
-        difference = x_cells - y_cells
-        mean_difference = difference.mean(axis=0)
-        centred_difference = difference - mean_difference
-        mean_term = float(mean_difference @ mean_difference) - float(
-            np.sum(centred_difference**2) / ((n - 1) * n)
+    with _distances.one_blas_thread():
+        x_centred = x_cells - x_cells.mean(axis=0)
+        cov_x, cov_x_without = _distances.scatter_without_blocks(x_centred, x_blocks)
+        truth_side = _factored_moments(y_cells, y_blocks)
+        if paired:
+            difference = x_cells - y_cells
+            mean_difference = difference.mean(axis=0)
+            centred_difference = difference - mean_difference
+            mean_term = float(mean_difference @ mean_difference) - float(
+                np.sum(centred_difference**2) / ((n - 1) * n)
+            )
+        else:
+            mean_difference = x_cells.mean(axis=0) - y_cells.mean(axis=0)
+            mean_term = (
+                float(mean_difference @ mean_difference)
+                - float(np.trace(cov_x)) / m
+                - float(np.trace(truth_side.cov)) / n
+            )
+        trace_full = _trace_term(cov_x, truth_side.cov, truth_side.factor)
+        trace_without = np.mean(
+            [
+                _trace_term(a, b, factor)
+                for a, b, factor in zip(
+                    cov_x_without, truth_side.without, truth_side.factors_without, strict=True
+                )
+            ]
         )
-    else:
-        mean_difference = x_cells.mean(axis=0) - y_cells.mean(axis=0)
-        mean_term = (
-            float(mean_difference @ mean_difference)
-            - float(np.trace(cov_x)) / m
-            - float(np.trace(cov_y)) / n
-        )
-    trace_full = _trace_term(cov_x, cov_y)
-    trace_without = np.mean(
-        [_trace_term(a, b) for a, b in zip(cov_x_without, cov_y_without, strict=True)]
-    )
     return mean_term + groups * trace_full - (groups - 1) * float(trace_without)
 
 
-def _trace_term(cov_x: np.ndarray, cov_y: np.ndarray) -> float:
-    """``tr(Σ_x) + tr(Σ_y) - 2 tr((Σ_x Σ_y)^{1/2})`` (PSD inputs, no checks)."""
-    return float(np.trace(cov_x) + np.trace(cov_y)) - 2.0 * _distances.frechet_trace_sqrt(
-        cov_x, cov_y
+def _trace_term(cov_x: np.ndarray, cov_y: np.ndarray, factor_y: np.ndarray) -> float:
+    """``tr(Σ_x) + tr(Σ_y) - 2 tr((Σ_x Σ_y)^{1/2})`` (PSD inputs, no checks).
+
+    ``Σ_x`` is factored by Cholesky when positive definite; a singular ``Σ_x``
+    (fewer cells than dims, a low-rank prediction) uses the truth's factor
+    ``R`` (``Σ_y = R Rᵀ``, computed once per truth) instead of an
+    eigendecomposition of its own: the trace is the same (``Σ_x Σ_y`` and
+    ``Σ_y Σ_x`` share one spectrum) up to the rounding of the clipped zero
+    eigenvalues (about ``sqrt(machine ε)`` relative).
+    """
+    try:
+        factor, other = np.linalg.cholesky(cov_x), cov_y
+    except np.linalg.LinAlgError:
+        factor, other = factor_y, cov_x
+    return float(np.trace(cov_x) + np.trace(cov_y)) - 2.0 * _distances.factored_trace_sqrt(
+        factor, other
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _FactoredMoments:
+    """The ``truth`` side of the jackknifed FID: covariances and their factors."""
+
+    cov: np.ndarray
+    without: list[np.ndarray]
+    factor: np.ndarray
+    factors_without: list[np.ndarray]
+
+
+#: truth populations whose FID moments are kept (a harness scores every model
+#: against one truth and one nearest population per task)
+_MOMENTS_CACHE_SIZE = 4
+_moments_cache: OrderedDict[bytes, _FactoredMoments] = OrderedDict()
+_moments_lock = threading.Lock()
+
+
+def _factored_moments(cells: np.ndarray, blocks: Sequence[np.ndarray]) -> _FactoredMoments:
+    """Covariance of ``cells`` and of it without each block, with their factors.
+
+    They depend only on the sample and its blocks, so they are computed once
+    and reused while the same truth is compared with many predictions (keyed
+    by the bytes of both; a hit returns exactly what a recomputation would).
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(np.asarray(cells.shape, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(cells).tobytes())
+    for block in blocks:
+        digest.update(np.asarray(block.size, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(block, dtype=np.int64).tobytes())
+    key = digest.digest()
+    with _moments_lock:
+        if key in _moments_cache:
+            _moments_cache.move_to_end(key)
+            return _moments_cache[key]
+    cov, without = _distances.scatter_without_blocks(cells - cells.mean(axis=0), blocks)
+    moments = _FactoredMoments(
+        cov=cov,
+        without=without,
+        factor=_distances.psd_factor(cov),
+        factors_without=[_distances.psd_factor(part) for part in without],
+    )
+    with _moments_lock:
+        _moments_cache[key] = moments
+        while len(_moments_cache) > _MOMENTS_CACHE_SIZE:
+            _moments_cache.popitem(last=False)
+    return moments
 
 
 def _disjoint_halves(

@@ -12,6 +12,12 @@ numerator only (a reference population is never paired with the truth). A
 ratio below 1 means the prediction is closer to the target than the closest
 observed population; compare it with the same ratio of an independent sample
 of the true law (the noise floor), since every distance has sampling error.
+
+The denominator depends on the truth and the references only, so a caller that
+scores many predictions against one target passes it once computed as
+``denominator=`` (a ratio function called with ``pred`` = the nearest
+reference and ``denominator=1.0`` returns that distance itself); the result is
+then exactly the ratio computed without it.
 """
 
 from __future__ import annotations
@@ -52,9 +58,16 @@ def _ratio(
     truth: np.ndarray,
     references: Sequence[np.ndarray],
     paired: bool,
+    denominator: float | None = None,
 ) -> float:
-    """``distance(pred, truth, paired) / min_r distance(r, truth, False)``."""
-    nearest = min(distance(reference, truth, False) for reference in references)
+    """``distance(pred, truth, paired) / min_r distance(r, truth, False)``; the
+    minimum is ``denominator`` when the caller computed it already."""
+    if denominator is None:
+        nearest = min(distance(reference, truth, False) for reference in references)
+    else:
+        nearest = float(denominator)
+        if not np.isfinite(nearest):
+            raise SimcellError(f"{name}: denominator must be finite; got {denominator!r}")
     if not nearest > 0:
         raise SimcellError(
             f"{name} is undefined: the closest reference population is at distance "
@@ -103,6 +116,7 @@ def rmmd(
     block_size: int | None = None,
     device: str = "auto",
     precision: Precision = "float32",
+    denominator: float | None = None,
 ) -> float:
     """MMD ratio of a predicted counterfactual population (paper eq. 10 and 50).
 
@@ -127,6 +141,9 @@ def rmmd(
         Row ``i`` of ``pred`` and of ``truth`` come from the same source cell.
     bandwidths, seed, block_size, device, precision
         As in :func:`mmd`.
+    denominator : float, optional
+        ``min_r distance(r, truth)`` when already computed (see the module
+        docstring); ``references`` are then validated but not compared again.
 
     Returns
     -------
@@ -154,7 +171,7 @@ def rmmd(
             precision=precision,
         )
 
-    return _ratio("rmmd", distance, pred_cells, truth_cells, reference_cells, paired)
+    return _ratio("rmmd", distance, pred_cells, truth_cells, reference_cells, paired, denominator)
 
 
 @register_metric("rfid", direction="lower", level="distribution", reference=_RATIO_REFERENCE)
@@ -166,6 +183,7 @@ def rfid(
     paired: bool = False,
     seed: int = 0,
     estimator: FidEstimator = "unbiased",
+    denominator: float | None = None,
 ) -> float:
     """Fréchet-distance ratio (paper eq. 52-53).
 
@@ -185,6 +203,9 @@ def rfid(
         Seed of the jackknife blocks.
     estimator : {"unbiased", "plugin"}, default "unbiased"
         As in :func:`frechet_distance`.
+    denominator : float, optional
+        ``min_r distance(r, truth)`` when already computed (see the module
+        docstring); ``references`` are then validated but not compared again.
 
     Returns
     -------
@@ -209,7 +230,7 @@ def rfid(
         enough = _FID_CELLS_PER_DIM * truth_cells.shape[1]
         large = [cells for cells in reference_cells if cells.shape[0] >= enough]
         reference_cells = large or reference_cells
-    return _ratio("rfid", distance, pred_cells, truth_cells, reference_cells, paired)
+    return _ratio("rfid", distance, pred_cells, truth_cells, reference_cells, paired, denominator)
 
 
 @register_metric("rsd", direction="lower", level="distribution", reference=_RATIO_REFERENCE)
@@ -225,6 +246,7 @@ def rsd(
     max_iter: int = 10_000,
     tol: float = 1e-8,
     device: str = "auto",
+    denominator: float | None = None,
 ) -> float:
     """Sinkhorn-divergence ratio (paper eq. 54-55).
 
@@ -243,6 +265,9 @@ def rsd(
     paired : bool, default False
     epsilon, epsilon_scale, seed, max_iter, tol, device
         As in :func:`sinkhorn_divergence`.
+    denominator : float, optional
+        ``min_r distance(r, truth)`` when already computed (see the module
+        docstring); ``references`` are then validated but not compared again.
 
     Returns
     -------
@@ -274,4 +299,4 @@ def rsd(
             device=device,
         )
 
-    return _ratio("rsd", distance, pred_cells, truth_cells, reference_cells, paired)
+    return _ratio("rsd", distance, pred_cells, truth_cells, reference_cells, paired, denominator)

@@ -525,3 +525,47 @@ def test_paired_sinkhorn_gives_a_copy_of_the_twins_no_advantage():
     difference = copy_paired - perfect_paired
     assert abs(difference.mean()) < 3.5 * difference.std(ddof=1) / np.sqrt(n_replicates)
     assert copy_paired.mean() > 0.5 * perfect_paired.mean()
+
+
+def _fid_with_own_factors(x, y, *, paired, seed=0, n_blocks=10):
+    """The jackknifed FID with every trace factored on the pred side, nothing reused."""
+    from simcell.evaluation.metrics import _distances
+
+    m, n = x.shape[0], y.shape[0]
+    groups = min(n_blocks, m, n)
+    rng = np.random.default_rng(seed)
+    x_blocks = np.array_split(rng.permutation(m), groups)
+    y_blocks = x_blocks if paired else np.array_split(rng.permutation(n), groups)
+    cov_x, x_without = _distances.scatter_without_blocks(x - x.mean(0), x_blocks)
+    cov_y, y_without = _distances.scatter_without_blocks(y - y.mean(0), y_blocks)
+    if paired:
+        d = x - y
+        mean_term = d.mean(0) @ d.mean(0) - np.sum((d - d.mean(0)) ** 2) / ((n - 1) * n)
+    else:
+        diff = x.mean(0) - y.mean(0)
+        mean_term = diff @ diff - np.trace(cov_x) / m - np.trace(cov_y) / n
+
+    def trace(a, b):
+        return np.trace(a) + np.trace(b) - 2 * _distances.frechet_trace_sqrt(a, b)
+
+    without = np.mean([trace(a, b) for a, b in zip(x_without, y_without, strict=True)])
+    return float(mean_term + groups * trace(cov_x, cov_y) - (groups - 1) * without)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_fid_reuses_the_truth_side_without_changing_a_value(rng, paired):
+    truth = rng.normal(size=(300, 20)) @ rng.normal(size=(20, 20))
+    full_rank = truth + rng.normal(size=truth.shape)
+    # rank 5 < 20 dims: singular covariances, factored on the truth's side
+    low_rank = np.tile(truth[:, :5], 4) + 0.1
+    for pred, rel in ((full_rank, 0.0), (low_rank, 1e-7)):
+        expected = _fid_with_own_factors(pred, truth, paired=paired)
+        first = metrics.frechet_distance(pred, truth, paired=paired)
+        again = metrics.frechet_distance(pred, truth, paired=paired)  # truth's moments reused
+        assert first == again
+        assert first == pytest.approx(expected, rel=rel, abs=0)
+    # another truth of the same shape is not served from the cache
+    other = truth + 1.0 + rng.normal(size=truth.shape)
+    assert metrics.frechet_distance(full_rank, other, paired=paired) == pytest.approx(
+        _fid_with_own_factors(full_rank, other, paired=paired), rel=0, abs=0
+    )

@@ -79,3 +79,37 @@ def test_ratio_is_undefined_when_a_reference_matches_the_truth(ratio_populations
         metrics.rmmd(pred, truth, truth)
     with pytest.raises(SimcellError, match="paired=True needs as many"):
         metrics.rsd(pred, truth, references, paired=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("rmmd", {"bandwidths": (0.5, 1.0, 2.0)}),
+        ("rfid", {}),
+        ("rsd", {"epsilon": 0.5, "max_iter": 2000, "tol": 1e-9, "device": "cpu"}),
+    ],
+)
+@pytest.mark.parametrize("paired", [False, True])
+def test_a_precomputed_denominator_gives_exactly_the_plain_ratio(rng, name, options, paired):
+    truth = rng.normal(size=(60, 4))
+    pred = truth + 0.3 + 0.2 * rng.normal(size=truth.shape)
+    references = [rng.normal(size=(50, 4)) + shift for shift in (1.0, 1.5, 3.0)]
+    ratio = metrics.get_metric(name).fn
+    plain = ratio(pred, truth, references, paired=paired, **options)
+    # the denominator: the ratio with a unit denominator of each reference is its distance
+    distances = [ratio(ref, truth, [ref], denominator=1.0, **options) for ref in references]
+    assert min(distances) > 0
+    given = ratio(pred, truth, references, paired=paired, denominator=min(distances), **options)
+    assert given == plain
+    # a wrong denominator is really used (the references are not compared again)
+    doubled = ratio(
+        pred, truth, references, paired=paired, denominator=2 * min(distances), **options
+    )
+    assert doubled == pytest.approx(plain / 2, rel=1e-15)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.nan])
+def test_a_precomputed_denominator_must_be_positive(ratio_populations, bad):
+    pred, truth, references = ratio_populations
+    with pytest.raises(SimcellError, match="rfid"):
+        metrics.rfid(pred, truth, references, denominator=bad)
