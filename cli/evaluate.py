@@ -8,12 +8,19 @@ from pathlib import Path
 import click
 
 from simcell.cli._errors import user_errors
+from simcell.cli._options import (
+    bundle_argument,
+    corrupt_option,
+    no_verify_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    tasks_option,
+)
 
 
 @click.command()
-@click.argument(
-    "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@bundle_argument(required=False)
 @click.option(
     "--models",
     default=None,
@@ -35,33 +42,15 @@ from simcell.cli._errors import user_errors
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--tasks", default=None, help="Comma-separated subset of tasks.")
-@click.option(
-    "--no-verify",
-    is_flag=True,
-    help="Read the bundle without checking its manifest, checksums and metadata.",
+@seed_option()
+@tasks_option
+@no_verify_option
+@corrupt_option(
+    "Corrupt the annotations models see, per task (missing, irrelevant, incorrect, "
+    "duplicate); repeat for a grid  [default: the scenario's own]"
 )
-@click.option(
-    "--corrupt",
-    "corruptions",
-    multiple=True,
-    metavar="KIND:LEVEL",
-    help="Corrupt the annotations models see, per task (missing, irrelevant, incorrect, "
-    "duplicate); repeat for a grid  [default: the scenario's own]",
-)
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Report directory  [default: <bundle>-evaluation]",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Write into a folder holding other files: replace simcell's own, keep the rest.",
-)
+@out_option("Report directory  [default: <bundle>-evaluation]")
+@overwrite_option
 def evaluate(
     bundle, models, predictions, preset, device, seed, tasks, no_verify, corruptions, out, overwrite
 ):

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from simcell.cli._errors import user_errors
+from simcell.cli._options import (
+    bundle_argument,
+    corrupt_option,
+    no_verify_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    tasks_option,
+)
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Export directory.",
-)
+@bundle_argument()
+@out_option("Export directory.", required=True)
 @click.option(
     "--space",
     type=click.Choice(["counts", "lognorm", "pca"]),
@@ -25,32 +26,14 @@ from simcell.cli._errors import user_errors
     show_default=True,
     help="Space of X in every file and of the predictions the template asks for.",
 )
-@click.option(
-    "--corrupt",
-    "corruptions",
-    multiple=True,
-    metavar="KIND:LEVEL",
-    help="Corrupt the annotations a model sees, per task, as evaluate does (one condition "
-    "per export)  [default: the scenario's own]",
+@corrupt_option(
+    "Corrupt the annotations a model sees, per task, as evaluate does (one condition "
+    "per export)  [default: the scenario's own]"
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Harness seed; evaluate with the same one.",
-)
-@click.option("--tasks", default=None, help="Comma-separated subset of tasks.")
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Write into a folder holding other files: replace simcell's own, keep the rest.",
-)
-@click.option(
-    "--no-verify",
-    is_flag=True,
-    help="Read the bundle without checking its manifest, checksums and metadata.",
-)
+@seed_option("Harness seed; evaluate with the same one.")
+@tasks_option
+@overwrite_option
+@no_verify_option
 def export(bundle, out, space, corruptions, seed, tasks, overwrite, no_verify):
     """Write a bundle's tasks, preprocessing and a predictions template for your own model."""
     from simcell.evaluation.export import export_tasks

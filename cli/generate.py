@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from simcell import scenarios as scenario_presets
 from simcell.cli._errors import user_errors
+from simcell.cli._options import out_option, overwrite_option, seed_option
 from simcell.simulator import generate_bundle
 from simcell.simulator.bundle import DATA_ROOT
 
@@ -22,14 +22,8 @@ from simcell.simulator.bundle import DATA_ROOT
     show_default=True,
     help="A shipped scenario name or a TOML file.",
 )
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Bundle directory  [default: simcell-data/<scenario>]",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@out_option("Bundle directory  [default: simcell-data/<scenario>]")
+@seed_option()
 @click.option("--n-cells", type=click.IntRange(min=1), default=None, help="Override n_cells.")
 @click.option("--n-genes", type=click.IntRange(min=1), default=None, help="Override n_genes.")
 @click.option(
@@ -72,11 +66,7 @@ from simcell.simulator.bundle import DATA_ROOT
     metavar="ADDRESS",
     help="Dask scheduler address  [default: a local cluster]",
 )
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Write into a folder holding other files: replace simcell's own, keep the rest.",
-)
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(
     scenario,

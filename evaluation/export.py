@@ -51,7 +51,7 @@ import scipy.sparse as sp
 
 import simcell
 from simcell import SimcellError
-from simcell._atomic import STAGING_MARKER, Ownership, atomic_output, read_marker, safe_relative
+from simcell._atomic import STAGING_MARKER, atomic_output, listing_ownership
 from simcell.evaluation.predictions import BUNDLE_KEY, PCA_KEY, pca_digest
 from simcell.evaluation.tasks import PROJECTION_CHUNK, Corruption, TaskData, build_task
 from simcell.simulator import Bundle, read_bundle, schema
@@ -64,22 +64,7 @@ TEMPLATE = "predictions_template.h5ad"
 _FORMAT = "simcell-export/1"
 _COVARIATES = ("batch", "tissue", "cell_type")
 LOGNORM_FORMULA = "log1p(x / sum(x) * target_sum)"
-
-
-def _export_files(path: Path) -> frozenset[str] | None:
-    """The files simcell wrote into export folder ``path``, as listed by its
-    ``export.json``; None without one."""
-    marker = read_marker(path / EXPORT_MARKER, _FORMAT)
-    listed = marker.get("files") if marker is not None else None
-    if not isinstance(listed, list):
-        return None
-    names = [safe_relative(name) for name in listed]
-    if None in names:
-        return None
-    return frozenset(names) | {EXPORT_MARKER}
-
-
-EXPORT_OWNERSHIP = Ownership(what="export", marker=EXPORT_MARKER, claim=_export_files)
+EXPORT_OWNERSHIP = listing_ownership("export", EXPORT_MARKER, _FORMAT)
 
 
 def export_tasks(

@@ -14,11 +14,9 @@ import simcell
 from simcell import SimcellError
 from simcell._atomic import (
     STAGING_MARKER,
-    Ownership,
     atomic_output,
     check_output,
-    read_marker,
-    safe_relative,
+    listing_ownership,
 )
 
 SUMMARY_METRICS = (
@@ -159,22 +157,7 @@ def plot_metric(results: pd.DataFrame, space: str, metric: str, path: Path) -> N
 
 REPORT_MARKER = ".simcell-report.json"
 _REPORT_FORMAT = "simcell-report/1"
-
-
-def _report_files(path: Path) -> frozenset[str] | None:
-    """The files simcell wrote into report folder ``path``, as listed by its
-    marker ``.simcell-report.json`` (the marker included); None without one."""
-    marker = read_marker(path / REPORT_MARKER, _REPORT_FORMAT)
-    listed = marker.get("files") if marker is not None else None
-    if not isinstance(listed, list):
-        return None
-    names = [safe_relative(name) for name in listed]
-    if None in names:
-        return None
-    return frozenset(names) | {REPORT_MARKER}
-
-
-REPORT_OWNERSHIP = Ownership(what="report", marker=REPORT_MARKER, claim=_report_files)
+REPORT_OWNERSHIP = listing_ownership("report", REPORT_MARKER, _REPORT_FORMAT)
 
 
 def check_report_dir(

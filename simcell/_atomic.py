@@ -26,6 +26,7 @@ staging folder and never publishes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -118,6 +119,27 @@ class Ownership:
     what: str
     marker: str
     claim: Callable[[Path], frozenset[str] | None]
+
+
+def listed_files(folder: Path, marker: str, expected_format: str) -> frozenset[str] | None:
+    """The files simcell wrote into ``folder``, as listed under ``"files"`` by its
+    marker file ``marker`` (``format: expected_format``), the marker included;
+    None without such a marker or when an entry is not a relative path inside it."""
+    content = read_marker(folder / marker, expected_format)
+    listed = content.get("files") if content is not None else None
+    if not isinstance(listed, list):
+        return None
+    names = [safe_relative(name) for name in listed]
+    if None in names:
+        return None
+    return frozenset(names) | {marker}
+
+
+def listing_ownership(what: str, marker: str, expected_format: str) -> Ownership:
+    """The :class:`Ownership` of an output whose marker lists its files under
+    ``"files"`` (see :func:`listed_files`)."""
+    claim = functools.partial(listed_files, marker=marker, expected_format=expected_format)
+    return Ownership(what=what, marker=marker, claim=claim)
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, bool]]:

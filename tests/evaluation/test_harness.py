@@ -89,22 +89,6 @@ def test_oracle_is_a_floor(bundle_path):
     assert {"mmd", "fid", "energy", "sinkhorn", "knn_accuracy"} <= set(table.metric)
 
 
-def test_oracle_without_change_returns_the_cell():
-    from simcell.evaluation import OracleInputs, oracle_counterfactual
-
-    rng = np.random.default_rng(0)
-    counts = rng.poisson(3.0, (20, 30))
-    inputs = OracleInputs(
-        counts=counts,
-        log_rate_mean=np.full((20, 30), np.log(3.0)),
-        shift=np.zeros((20, 30)),
-        library_size_sd=np.full(20, 0.02),
-        noise_sd=0.05,
-    )
-    out = oracle_counterfactual(inputs, lambda x: x.astype(float), n_samples=4, rng=rng)
-    np.testing.assert_array_equal(out, counts)
-
-
 def test_oracle_beats_plugin_predictors_in_expectation():
     """On a simulated gene, E[x'|x] has lower MSE than identity and than a rate-only guess."""
     from simcell.evaluation import OracleInputs, oracle_counterfactual
