@@ -795,6 +795,11 @@ def _evaluate_task(
             )
             _, floor_pcs = data.project(floor)
             rows += _population_rows(data, NOISE_FLOOR, floor_pcs, base, pops, paired=True)
+        # the posterior's and these rows' cell x gene arrays (about 1 GB at full
+        # size) are not needed by the models: freed before they train
+        del posterior, sample, floor
+        if cells:
+            del gene_halves, oracle_genes, pca_halves
     for corruption in conditions:
         labels = _Labels(base.seed, base.scenario, base.data_seed, corruption)
         annotations = data.annotations_for(corruption)
