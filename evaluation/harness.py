@@ -41,7 +41,7 @@ from simcell.evaluation import metrics as m
 from simcell.evaluation.oracle import oracle_posterior
 from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
 from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
-from simcell.simulator import Bundle, read_bundle, same_law_sample, schema
+from simcell.simulator import Bundle, read_bundle, schema
 
 log = logging.getLogger(__name__)
 
@@ -786,20 +786,21 @@ def _evaluate_task(
                     n_boot,
                     (pca_halves, gene_halves),
                 )
+                # cell x gene arrays (hundreds of MB at full size) freed as soon as
+                # scored, so that they do not add to the next step's peak
+                del gene_halves, oracle_genes, pca_halves
             sample = posterior.sample(stream(seed, name, "oracle_sample"))
             _, sample_pcs = data.project(sample)
+            del sample
             rows += _population_rows(data, ORACLE_SAMPLE, sample_pcs, base, pops, paired=True)
         with clock.step(name, "noise_floor"):
-            floor = same_law_sample(
-                bundle, data.intervene, data.intervention, stream(seed, name, "noise_floor")
-            )
+            # the oracle's posterior holds exactly the cells same_law_sample(bundle,
+            # intervene, intervention, rng) would build again
+            floor = posterior.same_law_sample(stream(seed, name, "noise_floor"))
+            del posterior
             _, floor_pcs = data.project(floor)
+            del floor
             rows += _population_rows(data, NOISE_FLOOR, floor_pcs, base, pops, paired=True)
-        # the posterior's and these rows' cell x gene arrays (about 1 GB at full
-        # size) are not needed by the models: freed before they train
-        del posterior, sample, floor
-        if cells:
-            del gene_halves, oracle_genes, pca_halves
     for corruption in conditions:
         labels = _Labels(base.seed, base.scenario, base.data_seed, corruption)
         annotations = data.annotations_for(corruption)
