@@ -468,24 +468,57 @@ def _leakage_rows(data: TaskData, model: str, pcs, labels: _Labels, truth_leak) 
     return [labels.row(data.name, model, "pca", k, v) for k, v in values.items()]
 
 
-def _fit_model(name, x_train, annotations, config: EvaluationConfig):
+def _fit_model(name, data: TaskData, annotations, config: EvaluationConfig):
+    """Create the model, give it the train cells in its declared input space and a
+    :class:`~simcell.models.FitContext`, and fit it; returns (model, inputs)."""
     from simcell.models import create_model
+    from simcell.models.base import check_input_space
 
     model = create_model(
         name, preset=config.preset, device=config.device, seed=config.seed, progress_bar=False
     )
-    return model.fit(x_train, annotations.train, concept_kinds=annotations.kinds)
+    space = check_input_space(model)
+    inputs = data.model_inputs(space, getattr(model, "n_hvg", 2000))
+    kwargs = {"concept_kinds": annotations.kinds}
+    if _takes_context(model.fit):
+        kwargs["context"] = _fit_context(data, annotations, inputs)
+    return model.fit(inputs.x_train, annotations.train, **kwargs), inputs
 
 
-def _predict(model, data: TaskData, annotations) -> np.ndarray:
-    """The model's answer to the task's Intervention (models that do not model the DAG
-    get the direct question's targets, see ``CounterfactualModel.predict``)."""
-    return model.predict(
-        data.x_intervene, annotations.intervene, data.intervention, annotations.names
+def _takes_context(fit) -> bool:
+    """Whether a model's ``fit`` accepts ``context`` (models written before it may not)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(fit).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    return any(p.name == "context" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _fit_context(data: TaskData, annotations, inputs):
+    from simcell.models import FitContext
+
+    return FitContext(
+        concept_names=annotations.names,
+        dag=data.intervention.dag,
+        gene_names=inputs.gene_names,
+        cell_types=data.train_types,
+        library_size=data.train_library_size,
     )
 
 
-def _inversion_rows(data: TaskData, model_name, model, annotations, labels) -> list[ResultRow]:
+def _predict(model, data: TaskData, annotations, inputs=None) -> np.ndarray:
+    """The model's answer to the task's Intervention, in its input space (models that
+    do not model the DAG get the direct question's targets, see
+    ``CounterfactualModel.predict``)."""
+    x = data.x_intervene if inputs is None else inputs.x_intervene
+    return model.predict(x, annotations.intervene, data.intervention, annotations.names)
+
+
+def _inversion_rows(
+    data: TaskData, model_name, model, annotations, labels, inputs=None
+) -> list[ResultRow]:
     """``edit``-mode flows: MSE of the round trip with the condition unchanged.
 
     The solver's error along the learned flow, a floor under every edit; the
@@ -493,40 +526,82 @@ def _inversion_rows(data: TaskData, model_name, model, annotations, labels) -> l
     """
     if getattr(model, "mode", None) != "edit" or not hasattr(model, "inversion_error"):
         return []
-    error = model.inversion_error(data.x_intervene, annotations.intervene)
+    x = data.x_intervene if inputs is None else inputs.x_intervene
+    error = model.inversion_error(x, annotations.intervene)
     return [labels.row(data.name, model_name, "pca", "inversion_error", error)]
 
 
 def _representation_rows(
-    task, model_name, seed, model, x, concepts_true, annotated, cell_types, labels=None
+    task,
+    model_name,
+    seed,
+    model,
+    x,
+    concepts_true,
+    annotated,
+    cell_types,
+    labels=None,
+    latents: Mapping[str, np.ndarray] | None = None,
 ):
     """Disentanglement and identifiability of a model's embedding of the train cells:
-    every registered ``latent`` metric whose inputs the context has."""
+    every registered ``latent`` metric whose inputs the context has, per block of its
+    :class:`~simcell.models.Representation`.
+
+    Each block is scored against the true concepts (``concepts_true``) and, when
+    it names a target present in ``latents`` (true latent name -> array of the same
+    cells), against that true latent (``latent_true``). A metric's row is named
+    ``"<metric>:<block>"`` when there is more than one block, ``"<metric>"``
+    otherwise.
+
+    Raises
+    ------
+    SimcellError
+        If ``encode`` returns neither an array nor a Representation of ``x``'s cells.
+    """
     if not getattr(model, "has_representation", False):
         return []
-    embedding = np.asarray(model.encode(x, annotated), dtype=np.float64)
-    # a constant latent dimension (e.g. a dead ReLU unit) carries no information
-    embedding = embedding[:, embedding.std(axis=0) > 0]
-    if embedding.shape[1] == 0:
-        log.warning("%s %s: the embedding is constant; no latent metrics", task, model_name)
-        return []
-    context = {
-        "embedding": embedding,
-        "concepts_true": concepts_true,
-        "cell_types": cell_types,
-        "seed": seed,
-    }
+    from simcell.models import Representation
+
+    encoded = model.encode(x, annotated)
+    representation = Representation.of(encoded)
+    if representation.n_cells != len(x):
+        raise SimcellError(
+            f"model {model_name} encoded {representation.n_cells} cells on {task}; "
+            f"expected {len(x)}"
+        )
+    latents = latents or {}
+    labels = labels or _Labels(seed=seed, scenario="", data_seed=-1)
+    several = len(representation.blocks) > 1
     rows = []
-    for metric in m.list_metrics("latent"):
-        if not set(metric.inputs) <= context.keys():
+    for block_name, block in representation.blocks.items():
+        # a constant latent dimension (e.g. a dead ReLU unit) carries no information
+        embedding = block[:, block.std(axis=0) > 0]
+        where = f"{task} {model_name}" + (f" block {block_name}" if several else "")
+        if embedding.shape[1] == 0:
+            log.warning("%s: the embedding is constant; no latent metrics", where)
             continue
-        try:
-            value = float(_call(metric, context))
-        except SimcellError as error:  # undefined here (e.g. a rare concept): left out, said why
-            log.warning("%s %s %s: %s", task, model_name, metric.name, error)
-            continue
-        labels = labels or _Labels(seed=seed, scenario="", data_seed=-1)
-        rows.append(labels.row(task, model_name, "latent", metric.name, value))
+        context = {
+            "embedding": embedding,
+            "concepts_true": concepts_true,
+            "cell_types": cell_types,
+            "seed": seed,
+        }
+        target = representation.targets.get(block_name)
+        if target is not None:
+            if target in latents:
+                context["latent_true"] = latents[target]
+            else:
+                log.warning("%s: the bundle has no true latent %r", where, target)
+        for metric in m.list_metrics("latent"):
+            if not set(metric.inputs) <= context.keys():
+                continue
+            try:
+                value = float(_call(metric, context))
+            except SimcellError as error:  # undefined here (e.g. a rare concept): said why
+                log.warning("%s %s: %s", where, metric.name, error)
+                continue
+            name = f"{metric.name}:{block_name}" if several else metric.name
+            rows.append(labels.row(task, model_name, "latent", name, value))
     return rows
 
 
@@ -573,6 +648,11 @@ class _Clock:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
+def _train_latents(factual, data: TaskData) -> dict[str, np.ndarray]:
+    """The bundle's true latents of the task's train cells (empty when it stores none)."""
+    return {name: value[data.train] for name, value in schema.true_latents(factual).items()}
+
+
 def _check_models(models: Sequence[str] | None) -> list[str]:
     if models is None:
         from simcell.models import DEFAULT_MODELS
@@ -587,6 +667,11 @@ def _check_models(models: Sequence[str] | None) -> list[str]:
             raise SimcellError(
                 f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
             )
+        from simcell.models import get_model_class
+        from simcell.models.base import check_input_space
+
+        for name in models:  # before any work: a model declaring an unknown space
+            check_input_space(get_model_class(name))
     return models
 
 
@@ -806,27 +891,29 @@ def _evaluate_task(
         annotations = data.annotations_for(corruption)
         for model_name in models:
             with clock.step(name, f"{model_name} ({corruption.kind}:{corruption.level})"):
-                model = _fit_model(model_name, data.x_train, annotations, config)
-                pcs = _predict(model, data, annotations)
-                if not np.isfinite(pcs).all():
-                    raise SimcellError(
-                        f"model {model_name} returned NaN or infinite values on {name}"
-                    )
+                model, inputs = _fit_model(model_name, data, annotations, config)
+                predicted = _predict(model, data, annotations, inputs)
+                # log-normalised genes for the cell-level errors, their PCs (the
+                # task's one projection) for everything else
+                genes, pcs = data.from_model_space(predicted, inputs, model_name)
+                del predicted
                 if cells:
-                    rows += _cell_rows(data, model_name, pcs, data.to_genes(pcs), labels, n_boot)
+                    rows += _cell_rows(data, model_name, pcs, genes, labels, n_boot)
+                del genes
                 rows += _population_rows(data, model_name, pcs, labels, pops, paired=True)
-                rows += _inversion_rows(data, model_name, model, annotations, labels)
+                rows += _inversion_rows(data, model_name, model, annotations, labels, inputs)
                 rows += _leakage_rows(data, model_name, pcs, labels, truth_leak)
                 rows += _representation_rows(
                     name,
                     model_name,
                     seed,
                     model,
-                    data.x_train,
+                    inputs.x_train,
                     schema.true_concepts(bundle.factual).to_numpy()[data.train],
                     annotations.train,
                     schema.cell_types(bundle.factual)[data.train],
                     labels,
+                    _train_latents(bundle.factual, data),
                 )
     if brought is not None:
         with clock.step(name, "predictions"):

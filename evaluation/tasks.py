@@ -16,11 +16,18 @@ on have inflated norms along the leading components, which made the training
 populations look far from any target. Models still train on every train cell.
 The normalisation's ``target_sum`` stays the median total count of *all* train
 cells, so gene-space scores do not depend on the PCA split.
+
+Model input spaces (issue 10, "models declare what they need"). A model gets
+its cells in the space it declares (:data:`simcell.models.InputSpace`):
+:meth:`TaskData.model_inputs` builds the ``lognorm``, ``hvg`` and ``counts``
+arrays (float32) only when a model asks for one, once per task, and
+:meth:`TaskData.from_model_space` maps a prediction back to log-normalised genes
+and PCs, so every model is scored in the same spaces with the same projection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,6 +140,29 @@ class TaskTruth:
 
 
 @dataclass(frozen=True, eq=False)
+class ModelInputs:
+    """A task's cells in one model input space (see :meth:`TaskData.model_inputs`).
+
+    Attributes
+    ----------
+    space : {"pca", "lognorm", "hvg", "counts"}
+    x_train : ndarray of float32, shape (n_train, n_columns)
+    x_intervene : ndarray of float32, shape (n_intervene, n_columns)
+    genes : ndarray of int64 or None
+        The gene positions of the columns (``hvg``: the subset, ascending);
+        None for ``pca``.
+    gene_names : tuple of str or None
+        The names of those genes (None for ``pca``).
+    """
+
+    space: str
+    x_train: np.ndarray
+    x_intervene: np.ndarray
+    genes: np.ndarray | None
+    gene_names: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, eq=False)
 class TaskData:
     """One task, built once and reused by every model, seed and corruption.
 
@@ -172,6 +202,10 @@ class TaskData:
         Genes the task's concept changes (empty mask on real data).
     truth : TaskTruth or None
         None for a bundle without true counterfactuals.
+    gene_names : tuple of str
+        The bundle's genes (``var_names``).
+    train_types : ndarray of str, shape (n_train,)
+        The train cells' types.
     """
 
     name: str
@@ -202,10 +236,151 @@ class TaskData:
     _clean: pd.DataFrame
     _kinds: dict
     _seed: int
+    gene_names: tuple[str, ...] = ()
+    train_types: np.ndarray | None = None
+    #: the factual counts (a reference, not a copy): model spaces are built from them
+    _counts: object = None
+    #: model input spaces built so far, by (space, n_hvg)
+    _spaces: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_truth(self) -> bool:
         return self.truth is not None
+
+    @property
+    def train_library_size(self) -> np.ndarray:
+        """Total count of each train cell, float64, shape (n_train,)."""
+        if "library_size" not in self._spaces:
+            totals = np.asarray(self._counts[self.train].sum(axis=1), dtype=np.float64)
+            self._spaces["library_size"] = totals.ravel()
+        return self._spaces["library_size"]
+
+    def model_inputs(self, space: str = "pca", n_hvg: int = 2000) -> ModelInputs:
+        """The train and intervene cells in a model input space, built once per task.
+
+        ``pca``: :attr:`x_train` / :attr:`x_intervene`. ``lognorm``: the
+        preprocessor's log-normalised genes (the function every space and the
+        export share), float32. ``hvg``: ``lognorm`` on the ``n_hvg`` genes of
+        highest variance over the train cells (variance in float64 of the
+        log-normalised values; ties to the lower gene position; all genes when
+        ``n_hvg`` is at least their number). ``counts``: raw counts, float32.
+        A space is built only when first asked for, block by block (no float64
+        copy of the train cells).
+
+        Raises
+        ------
+        SimcellError
+            On an unknown space.
+        """
+        from simcell.models import INPUT_SPACES
+
+        if space not in INPUT_SPACES:
+            raise SimcellError(f"unknown input space {space!r}; choose from {INPUT_SPACES}")
+        if space == "pca":
+            return ModelInputs("pca", self.x_train, self.x_intervene, None, None)
+        n_genes = self.intervene_genes.shape[1]
+        key = (space, min(int(n_hvg), n_genes)) if space == "hvg" else (space, None)
+        if key in self._spaces:
+            return self._spaces[key]
+        if key == ("hvg", n_genes):  # every gene: the lognorm space itself
+            inputs = self.model_inputs("lognorm")
+            inputs = replace(inputs, space="hvg")
+        elif space == "counts":
+            inputs = ModelInputs(
+                "counts",
+                _dense_rows(self._counts, self.train),
+                _dense_rows(self._counts, self.intervene),
+                np.arange(n_genes),
+                self.gene_names,
+            )
+        elif space == "lognorm":
+            inputs = ModelInputs(
+                "lognorm",
+                lognorm_rows(self.preprocessor, self._counts, self.train, dtype=np.float32),
+                self.intervene_genes.astype(np.float32),
+                np.arange(n_genes),
+                self.gene_names,
+            )
+        else:
+            genes = self._hvg(key[1])
+            inputs = ModelInputs(
+                "hvg",
+                lognorm_rows(
+                    self.preprocessor, self._counts, self.train, dtype=np.float32, genes=genes
+                ),
+                self.intervene_genes[:, genes].astype(np.float32),
+                genes,
+                tuple(self.gene_names[i] for i in genes),
+            )
+        self._spaces[key] = inputs
+        return inputs
+
+    def _hvg(self, n_hvg: int) -> np.ndarray:
+        """Positions (ascending) of the ``n_hvg`` genes of highest variance over the
+        log-normalised train cells; ties go to the lower position."""
+        lognorm = self._spaces.get(("lognorm", None))
+        total = np.zeros(self.intervene_genes.shape[1])
+        squares = np.zeros_like(total)
+        if lognorm is not None:
+            blocks = (
+                lognorm.x_train[i : i + PROJECTION_CHUNK]
+                for i in range(0, len(self.train), PROJECTION_CHUNK)
+            )
+        else:
+            blocks = _lognorm_blocks(self.preprocessor, self._counts, self.train)
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float64)
+            total += block.sum(axis=0)
+            squares += (block**2).sum(axis=0)
+        n = max(len(self.train), 1)
+        variance = squares / n - (total / n) ** 2
+        order = np.argsort(-variance, kind="stable")
+        return np.sort(order[:n_hvg])
+
+    def from_model_space(
+        self, pred: np.ndarray, inputs: ModelInputs, model: str = "model"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A prediction for the intervene cells in a model space -> (genes, PCs).
+
+        ``genes`` (float64, shape (n_intervene, n_genes)) is log-normalised, for
+        the gene-space cell-level metrics; ``pcs`` its projection on the task's
+        PCA, for the distributional ones (a ``pca`` prediction is kept as is and
+        mapped to genes with :meth:`to_genes`). In ``lognorm`` and ``hvg`` the
+        prediction's change from the float32 source cell is added to the
+        float64 source cell (genes outside the ``hvg`` subset are the source's),
+        so an unchanged cell maps back to the factual cell exactly. ``counts``
+        rows are normalised by their own totals to ``target_sum`` and log1p'd
+        (:meth:`Preprocessor.lognorm`; an all-zero row stays zero).
+
+        Raises
+        ------
+        SimcellError
+            If the prediction's shape is not that of ``inputs.x_intervene``,
+            it has NaN or infinite values, or (``counts``) negative ones.
+        """
+        pred = np.asarray(pred)
+        expected = inputs.x_intervene.shape
+        if pred.shape != expected:
+            raise SimcellError(
+                f"model {model} returned shape {pred.shape} on {self.name}; expected {expected} "
+                f"(one row per intervene cell in its {inputs.space} space)"
+            )
+        if not np.isfinite(pred).all():
+            raise SimcellError(f"model {model} returned NaN or infinite values on {self.name}")
+        if inputs.space == "pca":
+            return self.to_genes(pred), pred
+        if inputs.space == "counts":
+            if (pred < 0).any():
+                raise SimcellError(f"model {model} returned negative counts on {self.name}")
+            genes = self.preprocessor.lognorm(pred)
+        else:
+            change = np.asarray(pred, dtype=np.float64) - inputs.x_intervene.astype(np.float64)
+            if inputs.genes.size == self.intervene_genes.shape[1]:
+                genes = self.intervene_genes + change
+            else:
+                genes = self.intervene_genes.copy()
+                genes[:, inputs.genes] += change
+        return genes, self.preprocessor.to_pca(genes)
 
     def annotations_for(self, corruption: Corruption = NO_CORRUPTION) -> Annotations:
         """The annotations models see for this task under ``corruption``.
@@ -255,6 +430,46 @@ def _subsample(positions: np.ndarray, limit: int, rng: np.random.Generator) -> n
     if positions.size <= limit:
         return positions
     return np.sort(rng.choice(positions, limit, replace=False))
+
+
+def _lognorm_blocks(preprocessor: Preprocessor, counts, rows: np.ndarray):
+    """Log-normalised cells at ``rows``, float64 blocks of at most PROJECTION_CHUNK rows."""
+    for start in range(0, rows.size, PROJECTION_CHUNK):
+        yield preprocessor.lognorm(counts[rows[start : start + PROJECTION_CHUNK]])
+
+
+def lognorm_rows(
+    preprocessor: Preprocessor,
+    counts,
+    rows: np.ndarray,
+    *,
+    dtype=np.float64,
+    genes: np.ndarray | None = None,
+) -> np.ndarray:
+    """The log-normalised cells at ``rows`` (on ``genes`` when given), built block by
+    block with :meth:`Preprocessor.lognorm`: the one normalisation of the harness,
+    its model spaces and the export.
+
+    Returns
+    -------
+    ndarray of ``dtype``, shape (rows.size, n_genes or genes.size)
+    """
+    width = counts.shape[1] if genes is None else genes.size
+    out = np.empty((rows.size, width), dtype=dtype)
+    start = 0
+    for block in _lognorm_blocks(preprocessor, counts, rows):
+        out[start : start + block.shape[0]] = block if genes is None else block[:, genes]
+        start += block.shape[0]
+    return out
+
+
+def _dense_rows(counts, rows: np.ndarray) -> np.ndarray:
+    """Counts of the cells at ``rows`` as a dense float32 array, block by block."""
+    out = np.empty((rows.size, counts.shape[1]), dtype=np.float32)
+    for start in range(0, rows.size, PROJECTION_CHUNK):
+        block = counts[rows[start : start + PROJECTION_CHUNK]]
+        out[start : start + block.shape[0]] = block.toarray() if sp.issparse(block) else block
+    return out
 
 
 def _project(preprocessor: Preprocessor, counts, rows: np.ndarray) -> np.ndarray:
@@ -418,6 +633,9 @@ def build_task(bundle, task: str, *, n_components: int = 128, seed: int = 0) -> 
         _clean=schema.annotations(factual),
         _kinds=schema.concept_kinds(factual),
         _seed=int(seed),
+        gene_names=tuple(map(str, factual.var_names)),
+        train_types=types[train],
+        _counts=counts,
     )
 
 

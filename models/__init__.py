@@ -34,7 +34,15 @@ from ._trainer import (
     resolve_device,
     save_checkpoint,
 )
-from .base import ConceptKind, CounterfactualModel, Intervention
+from .base import (
+    INPUT_SPACES,
+    ConceptKind,
+    CounterfactualModel,
+    FitContext,
+    InputSpace,
+    Intervention,
+    Representation,
+)
 from .baselines import (
     BASELINE_PRESETS,
     LATENT_SHIFT_PRESETS,
@@ -78,6 +86,9 @@ __all__ = [
     "ConceptKind",
     "CounterfactualModel",
     "DEFAULT_MODELS",
+    "FitContext",
+    "INPUT_SPACES",
+    "InputSpace",
     "FlowMatchingModel",
     "Identity",
     "Intervention",
@@ -87,6 +98,7 @@ __all__ = [
     "ModelConfig",
     "NeuralConfig",
     "PRESET_NAMES",
+    "Representation",
     "SCCBGM",
     "SCCBGMConfig",
     "SCCBGMFMConfig",

@@ -15,7 +15,7 @@ from simcell import SimcellError
 from ._concepts import check_fit_inputs
 from ._config import ModelConfig
 from ._trainer import Trainer, resolve_device, save_checkpoint
-from .base import ConceptKind, CounterfactualModel
+from .base import ConceptKind, CounterfactualModel, FitContext
 
 CHECKPOINT_FORMAT = "simcell.models/1"
 INFERENCE_BATCH_SIZE = 4096
@@ -158,6 +158,7 @@ class NeuralModel(ModelBase):
         concepts: np.ndarray,
         *,
         concept_kinds: tuple[ConceptKind, ...] | None = None,
+        context: FitContext | None = None,
     ) -> NeuralModel:
         """Train on cells (see :meth:`CounterfactualModel.fit`); missing concepts are masked."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)

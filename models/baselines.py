@@ -31,7 +31,7 @@ from ._common import ModelBase, NeuralModel, map_batches
 from ._concepts import check_counterfactual_inputs, check_fit_inputs, edited_mask
 from ._config import ModelConfig
 from ._trainer import build_module
-from .base import ConceptKind
+from .base import ConceptKind, FitContext
 from .cvae import CVAE_PRESETS, CVAEConfig, CVAEModule
 
 __all__ = [
@@ -133,6 +133,7 @@ class Identity(ModelBase):
         concepts: np.ndarray,
         *,
         concept_kinds: tuple[ConceptKind, ...] | None = None,
+        context: FitContext | None = None,
     ) -> Identity:
         """Record the dimensions; nothing is learned."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
@@ -173,6 +174,7 @@ class MeanShift(ModelBase):
         concepts: np.ndarray,
         *,
         concept_kinds: tuple[ConceptKind, ...] | None = None,
+        context: FitContext | None = None,
     ) -> MeanShift:
         """Estimate one shift vector per concept."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
@@ -247,6 +249,7 @@ class LatentShift(NeuralModel):
         concepts: np.ndarray,
         *,
         concept_kinds: tuple[ConceptKind, ...] | None = None,
+        context: FitContext | None = None,
     ) -> LatentShift:
         """Train the VAE, then estimate the latent effect of each concept."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)

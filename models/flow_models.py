@@ -52,7 +52,7 @@ from ._concepts import (
 from ._config import FAST_MAX_STEPS, NeuralConfig, check_fraction, check_positive
 from ._nn import VelocityNetwork
 from ._trainer import Trainer, build_module, derive_seed
-from .base import ConceptKind
+from .base import ConceptKind, FitContext
 from .cvae import CVAE, CVAE_PRESETS, CVAEConfig
 from .flow import SolverName
 from .sccbgm import SCCBGM, SCCBGM_PRESETS, SCCBGMConfig
@@ -242,6 +242,7 @@ class FlowMatchingModel(ModelBase):
         concepts: np.ndarray,
         *,
         concept_kinds: tuple[ConceptKind, ...] | None = None,
+        context: FitContext | None = None,
     ) -> FlowMatchingModel:
         """Train the backbone (if any), then the conditional flow on the cells."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)

@@ -36,6 +36,9 @@ SPLIT_PREFIX = "split:"
 TRAIN, INTERVENE, HELDOUT = "train", "intervene", "heldout"
 #: obsm: the annotations a model may see (NaN = not annotated) and the true concepts
 CONCEPTS, CONCEPTS_TRUE = "concepts", "concepts_true"
+#: obsm ``simcell_latent_<name>``: a true latent the generating process stores,
+#: shape (n_cells, d) (read with :func:`true_latents`)
+LATENT_PREFIX = "simcell_latent_"
 #: var: the gene baseline w_j
 BASELINE = "baseline"
 #: varm (genes x levels): concept, batch, tissue and cell-type effects
@@ -166,6 +169,22 @@ def annotations(factual: ad.AnnData) -> pd.DataFrame:
 def true_concepts(factual: ad.AnnData) -> pd.DataFrame:
     """The true concept values of every cell."""
     return factual.obsm[CONCEPTS_TRUE]
+
+
+def true_latents(factual: ad.AnnData) -> dict[str, np.ndarray]:
+    """The true latents the bundle stores, by name (``obsm["simcell_latent_<name>"]``).
+
+    Returns
+    -------
+    dict of str to ndarray, each shape (n_cells, d), float64
+        Empty when the bundle stores none.
+    """
+    latents = {}
+    for key in factual.obsm.keys():
+        if key.startswith(LATENT_PREFIX) and len(key) > len(LATENT_PREFIX):
+            value = np.asarray(factual.obsm[key], dtype=np.float64)
+            latents[key[len(LATENT_PREFIX) :]] = value.reshape(value.shape[0], -1)
+    return latents
 
 
 def concept_dag(factual: ad.AnnData) -> tuple[tuple[str, str, float], ...]:

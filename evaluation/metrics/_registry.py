@@ -26,6 +26,8 @@ that one context serves every metric:
 ``embedding``        a model's representation of cells, (n_cells, n_latent)
 ``concepts_true``    true concept values of those cells, (n_cells, n_concepts)
 ``cell_types``       cell type of those cells, shape (n_cells,)
+``latent_true``      the true latent a representation block should recover,
+                     (n_cells, d) (only for a block that names one)
 ===================  ==========================================================
 """
 
@@ -55,6 +57,7 @@ METRIC_INPUTS: frozenset[str] = frozenset(
         "embedding",
         "concepts_true",
         "cell_types",
+        "latent_true",
     }
 )
 
