@@ -53,7 +53,7 @@ import simcell
 from simcell import SimcellError
 from simcell._atomic import STAGING_MARKER, atomic_output, listing_ownership
 from simcell.evaluation.predictions import BUNDLE_KEY, PCA_KEY, pca_digest
-from simcell.evaluation.tasks import PROJECTION_CHUNK, Corruption, TaskData, build_task
+from simcell.evaluation.tasks import Corruption, TaskData, build_task, lognorm_blocks
 from simcell.simulator import Bundle, read_bundle, schema
 
 ExportSpace = Literal["counts", "lognorm", "pca"]
@@ -192,10 +192,11 @@ def _in_space(data: TaskData, counts, rows: np.ndarray, space: ExportSpace):
     pre = data.preprocessor
     if space == "counts":
         return sp.csr_matrix(counts[rows])
-    blocks = []
-    for start in range(0, rows.size, PROJECTION_CHUNK):
-        lognorm = pre.lognorm(counts[rows[start : start + PROJECTION_CHUNK]])
-        blocks.append(sp.csr_matrix(lognorm) if space == "lognorm" else pre.pca.transform(lognorm))
+    # the harness's own normalisation (and its ``lognorm`` model space), block by block
+    blocks = [
+        sp.csr_matrix(lognorm) if space == "lognorm" else pre.pca.transform(lognorm)
+        for lognorm in lognorm_blocks(pre, counts, rows)
+    ]
     if space == "lognorm":
         return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, counts.shape[1]))
     return np.concatenate(blocks) if blocks else np.zeros((0, pre.pca.n_components_))

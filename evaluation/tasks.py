@@ -327,7 +327,7 @@ class TaskData:
                 for i in range(0, len(self.train), PROJECTION_CHUNK)
             )
         else:
-            blocks = _lognorm_blocks(self.preprocessor, self._counts, self.train)
+            blocks = lognorm_blocks(self.preprocessor, self._counts, self.train)
         for block in blocks:
             block = np.asarray(block, dtype=np.float64)
             total += block.sum(axis=0)
@@ -432,8 +432,10 @@ def _subsample(positions: np.ndarray, limit: int, rng: np.random.Generator) -> n
     return np.sort(rng.choice(positions, limit, replace=False))
 
 
-def _lognorm_blocks(preprocessor: Preprocessor, counts, rows: np.ndarray):
-    """Log-normalised cells at ``rows``, float64 blocks of at most PROJECTION_CHUNK rows."""
+def lognorm_blocks(preprocessor: Preprocessor, counts, rows: np.ndarray):
+    """Log-normalised cells at ``rows`` (:meth:`Preprocessor.lognorm`), float64 blocks
+    of at most :data:`PROJECTION_CHUNK` rows: the harness, its model spaces and the
+    export normalise through this one function."""
     for start in range(0, rows.size, PROJECTION_CHUNK):
         yield preprocessor.lognorm(counts[rows[start : start + PROJECTION_CHUNK]])
 
@@ -457,7 +459,7 @@ def lognorm_rows(
     width = counts.shape[1] if genes is None else genes.size
     out = np.empty((rows.size, width), dtype=dtype)
     start = 0
-    for block in _lognorm_blocks(preprocessor, counts, rows):
+    for block in lognorm_blocks(preprocessor, counts, rows):
         out[start : start + block.shape[0]] = block if genes is None else block[:, genes]
         start += block.shape[0]
     return out
@@ -476,9 +478,10 @@ def _project(preprocessor: Preprocessor, counts, rows: np.ndarray) -> np.ndarray
     """PCs of the cells at ``rows``, log-normalised block by block (no dense copy of
     them all, and no copy of their sparse rows either)."""
     out = np.empty((rows.size, preprocessor.pca.n_components_), dtype=np.float32)
-    for start in range(0, rows.size, PROJECTION_CHUNK):
-        stop = min(start + PROJECTION_CHUNK, rows.size)
-        out[start:stop] = preprocessor.to_pca(preprocessor.lognorm(counts[rows[start:stop]]))
+    start = 0
+    for block in lognorm_blocks(preprocessor, counts, rows):
+        out[start : start + block.shape[0]] = preprocessor.to_pca(block)
+        start += block.shape[0]
     return out
 
 

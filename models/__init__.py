@@ -11,6 +11,11 @@ Registered models (:func:`list_models`): ``identity``, ``mean_shift``,
 ``cvae_fm_edit``, ``cvae_fm_decode``. Each has the presets ``fast``,
 ``synthetic`` and ``paper`` (frozen dataclasses with ``to_dict()``).
 
+A model declares what it needs (see :mod:`simcell.models.base`): its
+``input_space`` (:data:`InputSpace`: ``pca``, ``lognorm``, ``hvg`` or
+``counts``), whether it ``uses_dag``, and whether :meth:`encode` returns a
+:class:`Representation` of named blocks; ``fit`` receives a :class:`FitContext`.
+
 The flow-matching objective and ODE solvers live in :mod:`simcell.models.flow`.
 """
 

@@ -239,3 +239,14 @@ def test_bad_input_is_a_one_line_error(bundle, task, registered):
     model.n_hvg = 0
     with pytest.raises(SimcellError, match="n_hvg must be a positive integer"):
         check_input_space(model)
+
+
+def test_the_export_and_the_lognorm_space_share_one_normalisation(bundle, task, tmp_path):
+    import anndata as ad
+
+    from simcell.evaluation.export import export_tasks
+
+    out = export_tasks(bundle, tmp_path / "export", space="lognorm", tasks=["task_0"])
+    exported = ad.read_h5ad(out / "task_0" / "train.h5ad").X.toarray()
+    x_train = task.model_inputs("lognorm").x_train
+    np.testing.assert_array_equal(exported.astype(np.float32), x_train)
