@@ -318,22 +318,19 @@ class TaskData:
     def _hvg(self, n_hvg: int) -> np.ndarray:
         """Positions (ascending) of the ``n_hvg`` genes of highest variance over the
         log-normalised train cells; ties go to the lower position."""
-        lognorm = self._spaces.get(("lognorm", None))
-        total = np.zeros(self.intervene_genes.shape[1])
-        squares = np.zeros_like(total)
-        if lognorm is not None:
-            blocks = (
-                lognorm.x_train[i : i + PROJECTION_CHUNK]
-                for i in range(0, len(self.train), PROJECTION_CHUNK)
-            )
-        else:
-            blocks = lognorm_blocks(self.preprocessor, self._counts, self.train)
-        for block in blocks:
-            block = np.asarray(block, dtype=np.float64)
-            total += block.sum(axis=0)
-            squares += (block**2).sum(axis=0)
-        n = max(len(self.train), 1)
-        variance = squares / n - (total / n) ** 2
+        # float64 blocks whether or not the float32 lognorm space exists: the subset
+        # must not depend on which model asked first
+        # chunk means and sums of squared deviations, pooled (Chan et al.)
+        count, mean = 0, np.zeros(self.intervene_genes.shape[1])
+        squares = np.zeros_like(mean)
+        for block in lognorm_blocks(self.preprocessor, self._counts, self.train):
+            n = block.shape[0]
+            block_mean = block.mean(axis=0)
+            delta = block_mean - mean
+            squares += ((block - block_mean) ** 2).sum(axis=0) + delta**2 * count * n / (count + n)
+            mean += delta * n / (count + n)
+            count += n
+        variance = squares / max(count, 1)
         order = np.argsort(-variance, kind="stable")
         return np.sort(order[:n_hvg])
 

@@ -111,7 +111,7 @@ def test_identity_in_lognorm_and_counts_scores_exactly_as_identity(bundle, regis
         np.testing.assert_array_equal(rows.set_index(keys)["value"].loc[identity.index], identity)
 
 
-def test_hvg_space_keeps_the_source_outside_the_subset(task):
+def test_hvg_space_keeps_the_source_outside_the_subset(bundle, task):
     inputs = task.model_inputs("hvg", 10)
     assert inputs.x_train.dtype == np.float32 and inputs.x_train.shape == (task.train.size, 10)
     # the 10 genes of highest variance over the log-normalised train cells
@@ -127,6 +127,10 @@ def test_hvg_space_keeps_the_source_outside_the_subset(task):
     np.testing.assert_array_equal(pcs, task.preprocessor.to_pca(genes))
     # built once per task: the same arrays come back
     assert task.model_inputs("hvg", 10) is inputs
+    # the subset does not depend on which space a model asked for first
+    fresh = build_task(bundle, "task_0", n_components=16, seed=0)
+    fresh.model_inputs("lognorm")
+    np.testing.assert_array_equal(fresh.model_inputs("hvg", 10).genes, inputs.genes)
     # more genes than the bundle has: every gene, the lognorm space's arrays
     assert task.model_inputs("hvg", 10_000).x_train is task.model_inputs("lognorm").x_train
 
