@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -68,6 +69,8 @@ from simcell.simulator.bundle import BUNDLE_OWNERSHIP, bundle_identity, file_che
 
 RealScenario = Literal["kang2017", "norman2019", "nault2023", "cui2024", "perturbation"]
 SubtypeMode = Literal["none", "plain", "scanpy"]
+#: the scenario names that read a real file instead of simulating
+REAL_SCENARIOS: tuple[str, ...] = ("kang2017", "norman2019", "nault2023", "cui2024", "perturbation")
 
 #: layers that hold raw counts in the common distributions, tried in order when X does not
 COUNT_LAYERS = ("counts", "raw_counts", "count")
@@ -551,7 +554,9 @@ def proxy_tasks(
     Returns
     -------
     tasks : list of dict
-        ``name``, ``cell_type`` (the subtype), ``concept``, ``n_intervene``, ``n_heldout``.
+        ``name`` (the subtype, and the condition when there are several, e.g.
+        ``CD4_T_cells_0`` or ``NK_cell__IL15``), ``cell_type`` (the subtype),
+        ``concept``, ``n_intervene``, ``n_heldout``.
     splits : dict of str -> ndarray of str
         ``split:<task>`` column -> train / intervene / heldout of every cell.
     """
@@ -565,6 +570,7 @@ def proxy_tasks(
         for c in sorted(set(conditions.tolist()) - {layout.control})
         if len(_parts(c, layout)) == 1
     ]
+    several = len(set(conditions.tolist()) - {layout.control}) > 1
     tasks, splits, skipped = [], {}, []
     for subtype, condition in candidates:
         if condition == layout.control or condition not in set(conditions.tolist()):
@@ -593,7 +599,7 @@ def proxy_tasks(
                 raise SimcellError(f"too few cells for task ({subtype!r}, {condition!r}): {reason}")
             skipped.append(f"({subtype}, {condition}): {reason}")
             continue
-        name = f"task_{len(tasks)}"
+        name = _task_name(subtype, condition, several, {t[S.TASK_NAME] for t in tasks})
         split = np.full(subtypes.size, S.TRAIN, dtype=object)
         split[held] = S.HELDOUT
         shuffled = stream(seed, "real tasks", subtype, condition).permutation(controls)
@@ -826,6 +832,37 @@ def real_bundle(
     return data
 
 
+def generate_real(
+    scenario: str,
+    input_file: str | os.PathLike | None,
+    out_dir: str | os.PathLike | None,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    **options,
+) -> tuple[RealData, Path]:
+    """What ``simcell generate --scenario NAME --input FILE`` does: check that the
+    scenario is a real-data one and the file is given, then :func:`real_bundle`
+    into ``out_dir`` (default ``simcell-data/<scenario>``).
+
+    Returns
+    -------
+    (RealData, Path)
+        The data and the bundle folder.
+    """
+    from simcell.simulator.bundle import DATA_ROOT
+
+    if scenario not in REAL_SCENARIOS:
+        raise SimcellError(
+            f"--input takes a real-data scenario ({', '.join(REAL_SCENARIOS)}), not {scenario!r}"
+        )
+    if input_file is None:
+        raise SimcellError(f"scenario {scenario!r} reads real cells: give --input FILE.h5ad")
+    out = Path(out_dir) if out_dir is not None else DATA_ROOT / scenario
+    data = real_bundle(input_file, scenario, out, seed=seed, overwrite=overwrite, **options)  # type: ignore[arg-type]
+    return data, out
+
+
 def manifest_for_real(data: RealData, directory: Path) -> dict:
     """The manifest of a real-data bundle: the simulated bundles' keys, the input
     file's name and SHA-256 in ``params``, and only ``factual.h5ad`` checksummed."""
@@ -850,6 +887,18 @@ def manifest_for_real(data: RealData, directory: Path) -> dict:
 
 def _plain(params: Mapping) -> dict:
     return {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def _task_name(subtype: str, condition: str, with_condition: bool, taken: set[str]) -> str:
+    """A task's name from its subtype (and condition when there are several), safe in
+    file names and obs columns: ``CD4_T_cells_0``, ``NK_cell__IL15``."""
+    name = re.sub(r"[^A-Za-z0-9.]+", "_", subtype).strip("_") or "task"
+    if with_condition:
+        name += "__" + (re.sub(r"[^A-Za-z0-9.]+", "_", condition).strip("_") or "condition")
+    unique, number = name, 1
+    while unique in taken:
+        unique, number = f"{name}_{number}", number + 1
+    return unique
 
 
 def _name(text: str) -> str:
