@@ -193,7 +193,9 @@ def _read(path: Path) -> ad.AnnData:
     if not path.is_file():
         raise SimcellError(f"{path}: no such file")
     try:
-        return ad.read_h5ad(path)
+        with warnings.catch_warnings():  # duplicated names get their own error below
+            warnings.filterwarnings("ignore", message="Observation names are not unique")
+            return ad.read_h5ad(path)
     except Exception as error:  # h5py / anndata raise many types on a bad file
         reason = " ".join(str(error).split())[:200]
         raise SimcellError(
@@ -649,6 +651,10 @@ def load_real(
 ) -> RealData:
     """Read a real h5ad file and lay it out as a bundle (see :func:`real_bundle`)."""
     path = Path(path)
+    if scenario not in REAL_SCENARIOS:
+        raise SimcellError(
+            f"unknown real-data scenario {scenario!r}; choose from {', '.join(REAL_SCENARIOS)}"
+        )
     if min_cells < 2:
         raise SimcellError(f"min_cells must be at least 2, got {min_cells}")
     adata = _read(path)
