@@ -88,6 +88,13 @@ from simcell.simulator.real import REAL_SCENARIOS, generate_real
     default=None,
     help="Real data: subtype discovery [default: plain for kang2017, else none].",
 )
+@click.option(
+    "--min-cells",
+    type=click.IntRange(min=2),
+    default=20,
+    show_default=True,
+    help="Real data: smallest held-out population of a proxy task (and half its controls).",
+)
 def generate(
     scenario,
     out,
@@ -108,6 +115,7 @@ def generate(
     cell_type_key,
     layer,
     subtypes,
+    min_cells,
 ):
     """Simulate a scenario and write its dataset bundle.
 
@@ -134,6 +142,7 @@ def generate(
                 cell_type_key=cell_type_key,
                 layer=layer,
                 subtypes=subtypes,
+                min_cells=min_cells,
             )
         click.echo(
             f"Read {input_file} as {scenario!r}: {data.factual.n_obs:,} cells x "
