@@ -434,18 +434,27 @@ def _scanpy_subtypes(
 ) -> np.ndarray:
     """Harmony-integrated PCs, then Leiden clustering (paper D.1.1)."""
     try:
-        import harmonypy  # noqa: F401
+        import harmonypy
         import scanpy as sc
     except ImportError as error:
         raise SimcellError(
             f"subtype discovery 'scanpy' needs the optional extra: pip install 'simcell[real]' "
             f"({error.name} is missing); or use subtypes='plain'"
         ) from None
-    cells = ad.AnnData(counts.astype(np.float32), obs=pd.DataFrame({"condition": conditions}))
+    obs = pd.DataFrame({"condition": conditions}, index=np.arange(counts.shape[0]).astype(str))
+    cells = ad.AnnData(counts.astype(np.float32), obs=obs)
     sc.pp.normalize_total(cells)
     sc.pp.log1p(cells)
     sc.pp.pca(cells, n_comps=min(30, cells.n_obs - 1, cells.n_vars - 1), random_state=seed)
-    sc.external.pp.harmony_integrate(cells, "condition", random_state=seed)
+    # harmonypy directly: its corrected PCs are dims x cells in 0.0.x and cells x
+    # dims in 2.x, which scanpy's wrapper does not follow
+    harmony = harmonypy.run_harmony(
+        cells.obsm["X_pca"], cells.obs, ["condition"], random_state=seed, verbose=False
+    )
+    corrected = np.asarray(harmony.Z_corr)
+    if corrected.shape[0] != cells.n_obs:
+        corrected = corrected.T
+    cells.obsm["X_pca_harmony"] = corrected
     sc.pp.neighbors(cells, use_rep="X_pca_harmony", random_state=seed)
     sc.tl.leiden(cells, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2)
     return cells.obs["leiden"].astype(int).to_numpy()
