@@ -385,14 +385,28 @@ def concept_table(
 # ----------------------------------------------------------------------------- subtypes
 
 
+#: genes (highest variance of log-normalised counts) the plain subtype PCA uses
+SUBTYPE_GENES = 1000
+
+
 def _lognorm_pcs(counts: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
+    """PCs of median-normalised log1p counts over the most variable genes, shape
+    (n_cells, n_components)."""
     from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     scale = np.median(totals) / np.maximum(totals, 1.0)
-    genes = np.log1p(sp.diags(scale) @ counts.astype(np.float64)).toarray()
+    lognorm = (sp.diags(scale) @ counts.astype(np.float64)).tocsr().log1p()
+    mean = np.asarray(lognorm.mean(axis=0)).ravel()
+    variance = np.asarray(lognorm.multiply(lognorm).mean(axis=0)).ravel() - mean**2
+    keep = np.sort(np.argsort(-variance, kind="stable")[:SUBTYPE_GENES])
+    genes = lognorm[:, keep].toarray().astype(np.float32)
     n = max(1, min(n_components, genes.shape[0] - 1, genes.shape[1]))
-    return PCA(n_components=n, svd_solver="randomized", random_state=seed).fit_transform(genes)
+    # one BLAS thread: the randomized SVD gains nothing from more on a busy machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        pca = PCA(n_components=n, svd_solver="randomized", random_state=seed)
+        return pca.fit_transform(genes).astype(np.float64)
 
 
 def _plain_subtypes(
