@@ -49,6 +49,27 @@ def test_kang_file_becomes_a_bundle_without_truth(files, tmp_path):
     assert bundle.manifest[schema.MANIFEST_PARAMS]["input_sha256"] == sha
     assert bundle.manifest[schema.MANIFEST_SCENARIO] == "kang2017"
     assert bundle.manifest[schema.MANIFEST_PARAMS]["subtypes"] == "plain"
+    # the second command: a report whose ratio tables are models x subtypes (Table S9)
+    report = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(out),
+            "--models",
+            "",
+            "--tasks",
+            "B_cells_0,NK_cells_1",
+            "-o",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = (report / "summary.md").read_text()
+    table = summary.split("## rmmd (pca)")[1].split("##")[0]
+    assert "| model | B_cells_0 | NK_cells_1 | mean ± sd |" in table
+    assert "| noise_floor |" in table and "| identity |" in table
+    assert "## mse" not in summary  # no cell-level scores without twins
 
 
 def test_generic_perturbation_with_declared_columns(files, tmp_path):
