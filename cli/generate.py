@@ -83,6 +83,11 @@ from simcell.simulator.real import REAL_SCENARIOS, generate_real
 @click.option("--cell-type-key", default=None, help="Real data: obs column of the cell type.")
 @click.option("--layer", default=None, help="Real data: layer holding raw counts [default: X].")
 @click.option(
+    "--subtype-key",
+    default=None,
+    help="Real data: obs column of granular subtypes (held out; the cell type is the concept).",
+)
+@click.option(
     "--subtypes",
     type=click.Choice(["none", "plain", "scanpy"]),
     default=None,
@@ -114,6 +119,7 @@ def generate(
     control,
     cell_type_key,
     layer,
+    subtype_key,
     subtypes,
     min_cells,
 ):
@@ -141,6 +147,7 @@ def generate(
                 control=control,
                 cell_type_key=cell_type_key,
                 layer=layer,
+                subtype_key=subtype_key,
                 subtypes=subtypes,
                 min_cells=min_cells,
             )

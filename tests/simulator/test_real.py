@@ -225,6 +225,20 @@ def test_generic_perturbation_scenario_and_top_genes(files, tmp_path):
     assert list(data.factual.var_names) == [f"GENE{i}" for i in kept]
 
 
+def test_given_subtypes_are_held_out_and_broad_types_are_concepts(files, tmp_path):
+    def with_subtypes(adata):
+        adata.obs["subtype"] = np.asarray(adata.uns["true_subtype"]).astype(str)
+
+    path = _rewrite(files["kang2017"], tmp_path / "f.h5ad", with_subtypes)
+    data = real_bundle(path, "kang2017", tmp_path / "b", subtype_key="subtype", **FAST)
+    assert data.params["subtypes"] == "given"
+    subtype = data.factual.obs[schema.OBS_CELL_TYPE].to_numpy().astype(str)
+    given = ad.read_h5ad(path).obs["subtype"].astype(str)
+    np.testing.assert_array_equal(subtype, given[data.factual.obs_names].to_numpy())
+    assert [t["cell_type"] for t in data.tasks][:2] == ["B cells 0", "B cells 1"]
+    assert "cell_type=B cells" in data.factual.obsm[schema.CONCEPTS].columns
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
