@@ -13,30 +13,16 @@ at random half ``train`` / half ``intervene`` (the cells a model edits with
 
 Known layouts (``LAYOUTS``; any column can be overridden):
 
-============  ==============================================  ================
-scenario      file                                            obs columns
-============  ==============================================  ================
-kang2017      pertpy ``kang_2018`` (``kang_counts_25k.h5ad``)  ``label`` (ctrl /
-                                                              stim),
-                                                              ``cell_type``,
-                                                              ``replicate``
-kang2017      scGen ``kang_count.h5ad``                       ``condition``
-                                                              (control /
-                                                              stimulated),
-                                                              ``cell_type``
-norman2019    scPerturb ``NormanWeissman2019_filtered.h5ad``   ``perturbation``
-                                                              (control, A,
-                                                              A_B),
-                                                              ``cell_line``,
-                                                              ``gemgroup``
-nault2023     scVIDR ``nault2021_multiDose.h5ad``             ``Dose`` (0 ...
-                                                              30), ``celltype``,
-                                                              ``batch``
-cui2024       Immune Dictionary h5ad                          ``sample`` (PBS,
-                                                              cytokines),
-                                                              ``celltype``
-perturbation  any file                                        given by the user
-============  ==============================================  ================
+* ``kang2017``: pertpy's ``kang_2018`` (``kang_counts_25k.h5ad``), obs ``label``
+  (ctrl / stim), ``cell_type``, ``replicate``; or scGen's ``kang_count.h5ad``,
+  obs ``condition`` (control / stimulated), ``cell_type``;
+* ``norman2019``: scPerturb's ``NormanWeissman2019_filtered.h5ad``, obs
+  ``perturbation`` (control, A, A_B), ``cell_line``, ``gemgroup``;
+* ``nault2023``: scVIDR's ``nault2021_multiDose.h5ad``, obs ``Dose`` (0 ... 30),
+  ``celltype``, ``batch``;
+* ``cui2024``: the Immune Dictionary h5ad, obs ``sample`` (PBS, cytokines),
+  ``celltype``;
+* ``perturbation``: any file, its columns given by the user.
 
 Granular subtypes (the paper's Kang tasks) are found within each broad cell type
 by :func:`discover_subtypes`: ``plain`` (PCA of log-normalised counts, the
