@@ -324,6 +324,7 @@ def test_negative_counts_are_refused(files, tmp_path):
     _one_line_error("X holds negative values", path, "kang2017", tmp_path / "b", **FAST)
 
 
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")  # writing the fixture
 def test_duplicated_cell_names_are_refused(files, tmp_path):
     def duplicate(adata):
         names = adata.obs_names.to_numpy().copy()
