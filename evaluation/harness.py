@@ -15,7 +15,9 @@ Rows beside the models, for every task:
   sampler), scored by the distributional and classification metrics;
 * ``noise_floor`` — an independent sample of the true counterfactual law (same
   cells' covariates and concepts, fresh exogenous noise): what a perfect
-  sampler scores on a distributional metric, given the finite populations;
+  sampler scores on a distributional metric, given the finite populations; on
+  a bundle without truth (real cells), one seeded half of the heldout cells
+  against the other half (:func:`_split_floor_rows`);
 * ``heldout`` — the task's real (u, k = 1) cells against the truth: how far an
   observed population of the target type is.
 """
@@ -435,6 +437,23 @@ def _population_rows(
     return rows
 
 
+def _split_floor_rows(data: TaskData, labels: _Labels, seed: int) -> list[ResultRow]:
+    """``noise_floor`` without truth: every distributional metric between two seeded
+    halves of the real heldout population, the second half as the target (what a
+    perfect sampler of that population scores, at half its size)."""
+    import dataclasses
+
+    n = data.heldout_pcs.shape[0]
+    if n < 4:
+        return []
+    order = stream(seed, data.name, "heldout halves").permutation(n)
+    half_a = data.heldout_pcs[np.sort(order[: n // 2])]
+    half_b = data.heldout_pcs[np.sort(order[n // 2 :])]
+    target = dataclasses.replace(data, heldout_pcs=half_b)
+    pops = _populations(target, seed)
+    return _population_rows(target, NOISE_FLOOR, half_a, labels, pops, paired=False, classify=False)
+
+
 def _leakage(data: TaskData, after: np.ndarray, seed: int):
     return m.concept_leakage(
         data.classifier_cells,
@@ -851,6 +870,8 @@ def _evaluate_task(
             rows += _population_rows(
                 data, HELDOUT, data.heldout_pcs, base, pops, paired=False, classify=False
             )
+        if truth is None:  # real cells: the floor is a split of the heldout population
+            rows += _split_floor_rows(data, base, seed)
     if truth is not None:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):
