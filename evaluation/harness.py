@@ -766,7 +766,10 @@ def _evaluate_task(
             rows += _population_rows(
                 data, HELDOUT, data.heldout_pcs, base, pops, paired=False, classify=False
             )
-    if truth is not None:
+    has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
+    if truth is not None and not has_oracle:
+        log.info("%s: no oracle for this process; oracle/oracle_sample/noise_floor skipped", name)
+    if truth is not None and has_oracle:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):
             if cells:
