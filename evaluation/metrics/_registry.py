@@ -26,6 +26,8 @@ that one context serves every metric:
 ``embedding``        a model's representation of cells, (n_cells, n_latent)
 ``concepts_true``    true concept values of those cells, (n_cells, n_concepts)
 ``cell_types``       cell type of those cells, shape (n_cells,)
+``causal_pred``      an estimated causal (drift) matrix, shape (d, d)
+``causal_true``      the true one, shape (d, d); ``[i, j]``: effect of j on i
 ===================  ==========================================================
 """
 
@@ -39,10 +41,10 @@ from typing import Any, Literal, TypeVar
 from simcell import SimcellError
 
 Direction = Literal["lower", "higher"]
-Level = Literal["cell", "distribution", "classification", "latent"]
+Level = Literal["cell", "distribution", "classification", "latent", "causal"]
 MetricFn = TypeVar("MetricFn", bound=Callable[..., Any])
 
-LEVELS: tuple[str, ...] = ("cell", "distribution", "classification", "latent")
+LEVELS: tuple[str, ...] = ("cell", "distribution", "classification", "latent", "causal")
 DIRECTIONS: tuple[str, ...] = ("lower", "higher")
 METRIC_INPUTS: frozenset[str] = frozenset(
     {
@@ -55,6 +57,8 @@ METRIC_INPUTS: frozenset[str] = frozenset(
         "embedding",
         "concepts_true",
         "cell_types",
+        "causal_pred",
+        "causal_true",
     }
 )
 
