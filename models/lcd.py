@@ -225,31 +225,46 @@ class LCDModule(nn.Module):
         return x
 
     def fixed_points(self, start: torch.Tensor, indicators: torch.Tensor) -> torch.Tensor:
-        """Zeros of f(·, u; σ_L) by damped Newton from ``start``; (K, n_dims)."""
+        """Zeros of f(·, u; σ_L) by damped Newton from ``start``, all rows at once.
+
+        Parameters
+        ----------
+        start : Tensor, shape (n_dims,)
+        indicators : Tensor, shape (K, n_concepts)
+
+        Returns
+        -------
+        Tensor, shape (K, n_dims)
+        """
         sigma = self.sigmas[-1]
-        points = []
-        for row in range(indicators.shape[0]):
-            u = indicators[row : row + 1]
-            x = start.clone()
+        n = indicators.shape[0]
 
-            def field(point, u=u):
-                return self.drift(point[None], u, sigma)[0]
+        def field(point: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return self.drift(point[None], u[None], sigma)[0]
 
-            for _ in range(self.config.newton_steps):
-                value = field(x)
-                jacobian = torch.autograd.functional.jacobian(field, x)
-                step = torch.linalg.lstsq(jacobian, -value[:, None]).solution[:, 0]
-                scale = 1.0
-                while scale > 1e-3:  # backtrack until ‖f‖ decreases
-                    candidate = x + scale * step
-                    if field(candidate).norm() < value.norm():
-                        break
-                    scale /= 2
-                x = (x + scale * step).detach()
-                if value.norm() < 1e-6:
+        jacobian = torch.func.vmap(torch.func.jacrev(field))
+        x = start.expand(n, -1).clone()
+        for _ in range(self.config.newton_steps):
+            with torch.no_grad():
+                value = self.drift(x, indicators, sigma)
+            norm = value.norm(dim=1)
+            if float(norm.max()) < 1e-6:
+                break
+            # the drift decays (J ≈ −Σ⁻¹ near a fixed point): J − εI is safely invertible,
+            # and LU is deterministic (the batched least-squares driver is not)
+            matrix = jacobian(x, indicators).detach()
+            matrix = matrix - 1e-6 * torch.eye(matrix.shape[-1], device=x.device, dtype=x.dtype)
+            step = torch.linalg.solve(matrix, -value[..., None])[..., 0]
+            scale = torch.ones(n, device=x.device, dtype=x.dtype)
+            for _ in range(12):  # backtrack each row until its ‖f‖ decreases
+                with torch.no_grad():
+                    candidate = self.drift(x + scale[:, None] * step, indicators, sigma)
+                better = candidate.norm(dim=1) < norm
+                if bool(better.all()):
                     break
-            points.append(x)
-        return torch.stack(points)
+                scale = torch.where(better, scale, scale / 2)
+            x = (x + scale[:, None] * step).detach()
+        return x
 
 
 class LCD(NeuralModel):
