@@ -42,7 +42,7 @@ def causal_rows(d: int, seed: int, preset: str, device: str) -> tuple[list[dict]
     fixed = system.mean(np.eye(d)[singles])
     precision = np.linalg.inv(system.covariance)
     estimates = {
-        "lcd+clipr": model.clipr(singles).drift_matrix,
+        "lcd+clipr": model.clipr(singles, tikhonov=0.0).drift_matrix,
         "de": differential_expression_matrix(x[train], u[train]),
         "score-clipr": clipr((precision @ fixed.T).T, fixed).drift_matrix,
         "drift-clipr": clipr(
