@@ -233,13 +233,24 @@ class LCDModule(nn.Module):
                 x = x + step * self.drift(x, indicators, sigma) + torch.sqrt(2 * step) * noise
         return x
 
-    def fixed_points(self, start: torch.Tensor, indicators: torch.Tensor) -> torch.Tensor:
+    def fixed_points(
+        self,
+        start: torch.Tensor,
+        indicators: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Zeros of f(·, u; σ_L) by damped Newton from ``start``, all rows at once.
+
+        A Newton step is at most 1 (standardised units) long and the iterate stays
+        inside ``bounds``, so a learned field with no zero near the data (an
+        untrained direction) gives a bounded answer rather than a runaway one.
 
         Parameters
         ----------
         start : Tensor, shape (n_dims,)
         indicators : Tensor, shape (K, n_concepts)
+        bounds : (Tensor, Tensor), each shape (n_dims,), optional
+            Box the iterates are kept in.
 
         Returns
         -------
@@ -264,6 +275,8 @@ class LCDModule(nn.Module):
             matrix = jacobian(x, indicators).detach()
             matrix = matrix - 1e-6 * torch.eye(matrix.shape[-1], device=x.device, dtype=x.dtype)
             step = torch.linalg.solve(matrix, -value[..., None])[..., 0]
+            length = step.norm(dim=1, keepdim=True)
+            step = torch.where(length > 1.0, step / length, step)
             scale = torch.ones(n, device=x.device, dtype=x.dtype)
             for _ in range(12):  # backtrack each row until its ‖f‖ decreases
                 with torch.no_grad():
@@ -273,6 +286,8 @@ class LCDModule(nn.Module):
                     break
                 scale = torch.where(better, scale, scale / 2)
             x = (x + scale[:, None] * step).detach()
+            if bounds is not None:
+                x = torch.clamp(x, bounds[0], bounds[1])
         return x
 
 
@@ -321,7 +336,11 @@ class LCD(NeuralModel):
         seen = (indicators != 0).any(axis=0) if indicators.shape[1] else np.ones(1, dtype=bool)
         self.module_ = self._build()
         self.module_.seen = torch.as_tensor(seen)
-        self._train(self._standardise(x), indicators)
+        y = self._standardise(x)
+        # fixed points are sought within the cells' range, widened by half of it
+        low, high = y.min(axis=0).astype(np.float64), y.max(axis=0).astype(np.float64)
+        self.bounds_ = (low - 0.5 * (high - low), high + 0.5 * (high - low))
+        self._train(y, indicators)
         return self
 
     def _train(self, y: np.ndarray, indicators: np.ndarray) -> None:
@@ -375,7 +394,10 @@ class LCD(NeuralModel):
         self._require_fitted()
         u = torch.as_tensor(self._indicators(np.atleast_2d(indicators))).to(self.device_)
         start = torch.zeros(self.n_dims_, device=self.device_)
-        points = self.module_.fixed_points(start, u).detach().cpu().numpy()
+        bounds = tuple(
+            torch.as_tensor(b, dtype=torch.float32).to(self.device_) for b in self.bounds_
+        )
+        points = self.module_.fixed_points(start, u, bounds).detach().cpu().numpy()
         return self._original(points).astype(np.float64)
 
     def clipr(
@@ -453,6 +475,7 @@ class LCD(NeuralModel):
         state["center"] = torch.as_tensor(self.center_)
         state["scale"] = torch.as_tensor(self.scale_)
         state["seen"] = self.module_.seen.cpu()
+        state["bounds"] = torch.as_tensor(np.stack(self.bounds_))
         return state
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
@@ -460,3 +483,5 @@ class LCD(NeuralModel):
         self.center_ = np.asarray(state["center"], dtype=np.float64)
         self.scale_ = np.asarray(state["scale"], dtype=np.float64)
         self.module_.seen = torch.as_tensor(state["seen"], dtype=torch.bool)
+        bounds = np.asarray(state["bounds"], dtype=np.float64)
+        self.bounds_ = (bounds[0], bounds[1])
