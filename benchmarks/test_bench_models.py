@@ -47,7 +47,7 @@ def _steps(model_name: str) -> int:
     return epochs * -(-N_CELLS // config.batch_size)
 
 
-@pytest.mark.parametrize("name", ["sccbgm", "cvae", "vanilla_fm_edit"])
+@pytest.mark.parametrize("name", ["sccbgm", "cvae", "vanilla_fm_edit", "lcd"])
 def test_bench_fit_fast(benchmark, data, name: str) -> None:
     x, concepts = data
     benchmark.group = f"fit-{name}"
@@ -58,7 +58,7 @@ def test_bench_fit_fast(benchmark, data, name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["sccbgm", "cvae", "vanilla_fm_edit"])
+@pytest.mark.parametrize("name", ["sccbgm", "cvae", "vanilla_fm_edit", "lcd"])
 def test_bench_reference(benchmark, name: str) -> None:
     benchmark.group = f"fit-{name}"
     n_steps = _steps(name)

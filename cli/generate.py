@@ -13,6 +13,7 @@ from simcell.cli._errors import user_errors
 from simcell.cli._options import out_option, overwrite_option, seed_option
 from simcell.simulator import generate_bundle
 from simcell.simulator.bundle import DATA_ROOT
+from simcell.simulator.linear_sde import LinearSDEParams, write_linear_sde_bundle
 from simcell.simulator.real import REAL_SCENARIOS, generate_real
 
 
@@ -165,25 +166,28 @@ def generate(
             values["n_genes"] = n_genes
         params, name = scenario_presets.load_with_name(scenario, **values)
         out = out or DATA_ROOT / name
-        with click.progressbar(
-            length=params.n_cells,
-            label="simulating cells",
-            hidden=quiet,
-            file=sys.stderr,
-        ) as bar:
-            dataset = generate_bundle(
-                params,
-                seed,
-                out,
-                scenario=name,
-                chunk_size=chunk_size,
-                n_threads=threads,
-                device=device,
-                engine=engine,
-                scheduler=scheduler,
-                progress=bar.update,
-                overwrite=overwrite,
-            )
+        if isinstance(params, LinearSDEParams):  # its own process: small, no cell blocks
+            dataset = write_linear_sde_bundle(params, seed, out, scenario=name, overwrite=overwrite)
+        else:
+            with click.progressbar(
+                length=params.n_cells,
+                label="simulating cells",
+                hidden=quiet,
+                file=sys.stderr,
+            ) as bar:
+                dataset = generate_bundle(
+                    params,
+                    seed,
+                    out,
+                    scenario=name,
+                    chunk_size=chunk_size,
+                    n_threads=threads,
+                    device=device,
+                    engine=engine,
+                    scheduler=scheduler,
+                    progress=bar.update,
+                    overwrite=overwrite,
+                )
     elapsed = time.perf_counter() - started
     n_rows = dataset.counterfactuals.n_obs
     click.echo(

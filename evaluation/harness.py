@@ -872,7 +872,10 @@ def _evaluate_task(
             )
         if truth is None:  # real cells: the floor is a split of the heldout population
             rows += _split_floor_rows(data, base, seed)
-    if truth is not None:
+    has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
+    if truth is not None and not has_oracle:
+        log.info("%s: no oracle for this process; oracle/oracle_sample/noise_floor skipped", name)
+    if truth is not None and has_oracle:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):
             if cells:

@@ -27,6 +27,7 @@ from .flow_models import (
     VanillaFMDecode,
     VanillaFMEdit,
 )
+from .lcd import LCD
 from .sccbgm import CBGM, SCCBGM
 
 __all__ = [
@@ -58,6 +59,7 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         SCCBGMFMDecode,
         CVAEFMEdit,
         CVAEFMDecode,
+        LCD,
     )
 }
 

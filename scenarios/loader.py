@@ -60,6 +60,8 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
     """Like :func:`load`, also returning the scenario's name (file stem for a file)."""
     data, label = _read_toml(str(name_or_path), (), None)
     data.update(overrides)
+    if data.get("process", "concept-latent") == "linear-sde":  # its own parameters
+        return _load_linear_sde(data, label, overrides)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         raise SimcellError(f"scenario {name_or_path}: unknown key(s) {', '.join(unknown)}")
@@ -71,6 +73,21 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
         field = max((k for k in field_names() if text.startswith(k)), key=len, default=None)
         source = "override" if field in overrides else f"scenario {label}"
         raise SimcellError(f"{source}: {text}") from None
+
+
+def _load_linear_sde(data: dict, label: str, overrides: dict) -> tuple[Any, str]:
+    from simcell.simulator import linear_sde
+
+    data.pop("description", None)
+    unknown = sorted(set(data) - set(linear_sde.field_names()))
+    if unknown:
+        raise SimcellError(f"scenario {label}: unknown key(s) {', '.join(unknown)}")
+    name = label if label in available() else Path(label).stem
+    try:
+        return linear_sde.LinearSDEParams(**data), name
+    except (SimcellError, TypeError) as error:
+        source = "override" if overrides else f"scenario {label}"
+        raise SimcellError(f"{source}: {error}") from None
 
 
 def load(name_or_path: str, **overrides: Any) -> SimulationParams:
@@ -111,7 +128,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise SimcellError(f"--set expects key=value, got {text!r}")
-    if key not in field_names():
+    from simcell.simulator.linear_sde import field_names as linear_sde_fields
+
+    if key not in field_names() and key not in linear_sde_fields():
         raise SimcellError(f"--set: unknown parameter {key!r}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]

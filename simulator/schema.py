@@ -51,6 +51,8 @@ UNS = "simcell"
 UNS_VERSION, UNS_SCENARIO, UNS_SEED, UNS_PARAMS = "version", "scenario", "seed", "params"
 UNS_TASKS, UNS_CONCEPT_DAG, UNS_CONCEPT_KINDS = "tasks", "concept_dag", "concept_kinds"
 UNS_WORLD, UNS_CORRUPTION = "world", "corruption"
+#: uns[UNS][UNS_PROCESS]: the generative process (absent: the concept-latent one)
+UNS_PROCESS, CONCEPT_LATENT = "process", "concept-latent"
 #: columns of the task table uns[UNS][UNS_TASKS]
 TASK_NAME, TASK_CELL_TYPE, TASK_CONCEPT = "name", "cell_type", "concept"
 TASK_N_INTERVENE, TASK_N_HELDOUT = "n_intervene", "n_heldout"
@@ -219,6 +221,11 @@ def scenario_corruption(factual: ad.AnnData) -> tuple[str, int, float | None]:
 
 def scenario_name(factual: ad.AnnData) -> str:
     return str(_meta(factual).get(UNS_SCENARIO, "unknown"))
+
+
+def process_name(factual: ad.AnnData) -> str:
+    """The process that generated the bundle (``concept-latent`` when none is recorded)."""
+    return str(_meta(factual).get(UNS_PROCESS, CONCEPT_LATENT))
 
 
 def data_seed(factual: ad.AnnData) -> int | None:

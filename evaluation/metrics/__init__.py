@@ -18,6 +18,8 @@ module:
   registered: it returns a table, not one number).
 * :mod:`~simcell.evaluation.metrics.identifiability` — ``linear_r2`` /
   ``mcc(embedding, concepts_true)``.
+* :mod:`~simcell.evaluation.metrics.causal` — ``fn(causal_pred, causal_true)``:
+  ``causal_auroc``, ``causal_f1``, ``causal_pearson`` and their ``_undirected`` twins.
 
 Inputs containing NaN or infinite values, or with mismatched shapes, raise
 :class:`simcell.SimcellError` with a one-line message. Stochastic metrics take an
@@ -31,6 +33,14 @@ from simcell.evaluation.metrics._registry import (
     get_metric,
     list_metrics,
     register_metric,
+)
+from simcell.evaluation.metrics.causal import (
+    causal_auroc,
+    causal_auroc_undirected,
+    causal_f1,
+    causal_f1_undirected,
+    causal_pearson,
+    causal_pearson_undirected,
 )
 from simcell.evaluation.metrics.cell import bootstrap_ci, mae, mse, pearson, r2
 from simcell.evaluation.metrics.classification import (
@@ -60,6 +70,12 @@ __all__ = [
     "Metric",
     "ari",
     "bootstrap_ci",
+    "causal_auroc",
+    "causal_auroc_undirected",
+    "causal_f1",
+    "causal_f1_undirected",
+    "causal_pearson",
+    "causal_pearson_undirected",
     "concept_accuracy",
     "concept_f1",
     "concept_leakage",

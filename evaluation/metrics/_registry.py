@@ -28,6 +28,8 @@ that one context serves every metric:
 ``cell_types``       cell type of those cells, shape (n_cells,)
 ``latent_true``      the true latent a representation block should recover,
                      (n_cells, d) (only for a block that names one)
+``causal_pred``      an estimated causal (drift) matrix, shape (d, d)
+``causal_true``      the true one, shape (d, d); ``[i, j]``: effect of j on i
 ===================  ==========================================================
 """
 
@@ -41,10 +43,10 @@ from typing import Any, Literal, TypeVar
 from simcell import SimcellError
 
 Direction = Literal["lower", "higher"]
-Level = Literal["cell", "distribution", "classification", "latent"]
+Level = Literal["cell", "distribution", "classification", "latent", "causal"]
 MetricFn = TypeVar("MetricFn", bound=Callable[..., Any])
 
-LEVELS: tuple[str, ...] = ("cell", "distribution", "classification", "latent")
+LEVELS: tuple[str, ...] = ("cell", "distribution", "classification", "latent", "causal")
 DIRECTIONS: tuple[str, ...] = ("lower", "higher")
 METRIC_INPUTS: frozenset[str] = frozenset(
     {
@@ -58,6 +60,8 @@ METRIC_INPUTS: frozenset[str] = frozenset(
         "concepts_true",
         "cell_types",
         "latent_true",
+        "causal_pred",
+        "causal_true",
     }
 )
 

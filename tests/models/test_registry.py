@@ -30,6 +30,7 @@ EXPECTED_MODELS = {
     "sccbgm_fm_decode",
     "cvae_fm_edit",
     "cvae_fm_decode",
+    "lcd",
 }
 
 

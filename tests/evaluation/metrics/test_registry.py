@@ -28,6 +28,12 @@ EXPECTED = {
     "ari": ("higher", "latent"),
     "linear_r2": ("higher", "latent"),
     "mcc": ("higher", "latent"),
+    "causal_auroc": ("higher", "causal"),
+    "causal_auroc_undirected": ("higher", "causal"),
+    "causal_f1": ("higher", "causal"),
+    "causal_f1_undirected": ("higher", "causal"),
+    "causal_pearson": ("higher", "causal"),
+    "causal_pearson_undirected": ("higher", "causal"),
 }
 
 # The inputs every family declares: the vocabulary a runner's context is built from.
@@ -38,6 +44,7 @@ EXPECTED_INPUTS = {
     "knn_accuracy": ("pred", "reference", "reference_labels", "target_label"),
     "concepts": ("embedding", "concepts_true"),
     "clusters": ("embedding", "cell_types"),
+    "causal": ("causal_pred", "causal_true"),
 }
 
 
@@ -105,6 +112,8 @@ def test_a_runner_can_call_every_metric_from_one_context(rng):
     }
     context["concepts_true"] = context["embedding"][:, :1].astype(int)
     context["cell_types"] = context["concepts_true"][:, 0]
+    context["causal_true"] = np.sign(rng.normal(size=(6, 6))) * (rng.random((6, 6)) < 0.4)
+    context["causal_pred"] = context["causal_true"] + 0.3 * rng.normal(size=(6, 6))
     for metric in metrics.list_metrics():
         assert set(metric.inputs) <= set(context)
         value = metric.fn(
