@@ -587,6 +587,10 @@ def _check_models(models: Sequence[str] | None) -> list[str]:
             raise SimcellError(
                 f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
             )
+        from simcell.models._registry import check_available
+
+        for name in models:  # an external model without its extra: one line, before any work
+            check_available(name)
     return models
 
 

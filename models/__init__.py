@@ -19,6 +19,7 @@ from ._config import ModelConfig, NeuralConfig
 from ._registry import (
     DEFAULT_MODELS,
     PRESET_NAMES,
+    available_models,
     create_model,
     get_model_class,
     get_preset,
@@ -45,6 +46,7 @@ from .baselines import (
     MeanShift,
 )
 from .cvae import CVAE, CVAE_PRESETS, CVAEConfig
+from .external import Biolord, CinemaOT
 from .flow_models import (
     CVAE_FM_PRESETS,
     SCCBGM_FM_PRESETS,
@@ -61,6 +63,7 @@ from .flow_models import (
     VanillaFMEdit,
 )
 from .sccbgm import CBGM, CBGM_PRESETS, SCCBGM, SCCBGM_PRESETS, SCCBGMConfig
+from .scgen import SCGen
 
 __all__ = [
     "BASELINE_PRESETS",
@@ -100,6 +103,10 @@ __all__ = [
     "VanillaFMConfig",
     "VanillaFMDecode",
     "VanillaFMEdit",
+    "available_models",
+    "Biolord",
+    "CinemaOT",
+    "SCGen",
     "create_model",
     "derive_seed",
     "flow",
