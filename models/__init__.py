@@ -8,7 +8,9 @@
 Registered models (:func:`list_models`): ``identity``, ``mean_shift``,
 ``latent_shift``, ``cvae``, ``sccbgm``, ``cbgm``, ``vanilla_fm_edit``,
 ``vanilla_fm_decode``, ``sccbgm_fm_edit``, ``sccbgm_fm_decode``,
-``cvae_fm_edit``, ``cvae_fm_decode``. Each has the presets ``fast``,
+``cvae_fm_edit``, ``cvae_fm_decode``, ``scgen``, and the adapters ``biolord``
+and ``cinemaot`` (they need ``pip install 'simcell[baselines]'``; see
+:func:`available_models`). Each has the presets ``fast``,
 ``synthetic`` and ``paper`` (frozen dataclasses with ``to_dict()``).
 
 The flow-matching objective and ODE solvers live in :mod:`simcell.models.flow`.

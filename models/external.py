@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import os
 import random
@@ -86,13 +87,14 @@ def missing_packages(packages: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _package_scope(seed: int) -> Iterator[None]:
+def _package_scope(seed: int, *, quiet: bool = True) -> Iterator[None]:
     """Run a package with seeded global random states, restored on exit, and quiet logs.
 
     Seeds Python's ``random``, NumPy's legacy global state and torch's CPU (and
     CUDA) generators with ``seed``; afterwards puts back every state as it was,
     Lightning's ``PL_GLOBAL_SEED`` variable and the loggers' levels included.
-    Third-party warnings raised inside are silenced.
+    Third-party warnings raised inside are silenced, and with ``quiet`` the
+    packages' own progress bars on stderr too.
     """
     # the packages use the legacy global state: it is saved, seeded and restored here
     python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
@@ -101,7 +103,11 @@ def _package_scope(seed: int) -> Iterator[None]:
     levels = [logger.level for logger in loggers]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        with (
+            torch.random.fork_rng(devices=devices),
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext(),
+        ):
             warnings.simplefilter("ignore")
             for logger in loggers:
                 logger.setLevel(logging.WARNING)
@@ -472,7 +478,7 @@ class Biolord(ExternalModel):
             np.concatenate([self.concepts_train_, concepts]),
             cell_types,
         )
-        with _package_scope(derive_seed(self.seed, "biolord")):
+        with _package_scope(derive_seed(self.seed, "biolord"), quiet=not self.progress_bar):
             self.biolord_ = self._train_biolord(adata, categorical, ordered)
             for key, rows in groups.items():
                 attributes = [f"concept{k}" for k, _ in key]
@@ -599,7 +605,7 @@ class CinemaOT(ExternalModel):
                 reference = np.sort(
                     rng.choice(reference, self.config.max_reference_cells, replace=False)
                 )
-            with _package_scope(derive_seed(self.seed, stream)):
+            with _package_scope(derive_seed(self.seed, stream), quiet=not self.progress_bar):
                 effect = self._treatment_effect(x[rows], self.x_train_[reference])
             prediction[rows] = x[rows] - effect
         if not np.all(np.isfinite(prediction)):
