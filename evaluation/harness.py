@@ -691,6 +691,10 @@ def _check_models(models: Sequence[str] | None) -> list[str]:
 
         for name in models:  # before any work: a model declaring an unknown space
             check_input_space(get_model_class(name))
+        from simcell.models._registry import check_available
+
+        for name in models:  # an external model without its extra: one line, before any work
+            check_available(name)
     return models
 
 

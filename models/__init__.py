@@ -8,7 +8,9 @@
 Registered models (:func:`list_models`): ``identity``, ``mean_shift``,
 ``latent_shift``, ``cvae``, ``sccbgm``, ``cbgm``, ``vanilla_fm_edit``,
 ``vanilla_fm_decode``, ``sccbgm_fm_edit``, ``sccbgm_fm_decode``,
-``cvae_fm_edit``, ``cvae_fm_decode``. Each has the presets ``fast``,
+``cvae_fm_edit``, ``cvae_fm_decode``, ``scgen``, and the adapters ``biolord``
+and ``cinemaot`` (they need ``pip install 'simcell[baselines]'``; see
+:func:`available_models`). Each has the presets ``fast``,
 ``synthetic`` and ``paper`` (frozen dataclasses with ``to_dict()``).
 
 A model declares what it needs (see :mod:`simcell.models.base`): its
@@ -24,6 +26,7 @@ from ._config import ModelConfig, NeuralConfig
 from ._registry import (
     DEFAULT_MODELS,
     PRESET_NAMES,
+    available_models,
     create_model,
     get_model_class,
     get_preset,
@@ -58,6 +61,7 @@ from .baselines import (
     MeanShift,
 )
 from .cvae import CVAE, CVAE_PRESETS, CVAEConfig
+from .external import Biolord, CinemaOT
 from .flow_models import (
     CVAE_FM_PRESETS,
     SCCBGM_FM_PRESETS,
@@ -74,6 +78,7 @@ from .flow_models import (
     VanillaFMEdit,
 )
 from .sccbgm import CBGM, CBGM_PRESETS, SCCBGM, SCCBGM_PRESETS, SCCBGMConfig
+from .scgen import SCGen
 
 __all__ = [
     "BASELINE_PRESETS",
@@ -117,6 +122,10 @@ __all__ = [
     "VanillaFMConfig",
     "VanillaFMDecode",
     "VanillaFMEdit",
+    "available_models",
+    "Biolord",
+    "CinemaOT",
+    "SCGen",
     "create_model",
     "derive_seed",
     "flow",

@@ -19,6 +19,7 @@ from ._config import ModelConfig
 from ._trainer import load_checkpoint
 from .baselines import Identity, LatentShift, MeanShift
 from .cvae import CVAE
+from .external import Biolord, CinemaOT, missing_packages
 from .flow_models import (
     CVAEFMDecode,
     CVAEFMEdit,
@@ -29,10 +30,13 @@ from .flow_models import (
 )
 from .lcd import LCD
 from .sccbgm import CBGM, SCCBGM
+from .scgen import SCGen
 
 __all__ = [
     "DEFAULT_MODELS",
     "PRESET_NAMES",
+    "available_models",
+    "check_available",
     "create_model",
     "get_model_class",
     "get_preset",
@@ -60,6 +64,9 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         CVAEFMEdit,
         CVAEFMDecode,
         LCD,
+        SCGen,
+        Biolord,
+        CinemaOT,
     )
 }
 
@@ -78,6 +85,31 @@ DEFAULT_MODELS: tuple[str, ...] = (
 def list_models() -> tuple[str, ...]:
     """Names of the registered models, in registration order."""
     return tuple(_REGISTRY)
+
+
+def available_models() -> tuple[str, ...]:
+    """Names of the registered models whose packages are installed, in registration order.
+
+    ``biolord`` and ``cinemaot`` need the extra ``simcell[baselines]``; without it
+    they are listed by :func:`list_models` but not here.
+    """
+    return tuple(name for name, model in _REGISTRY.items() if not _missing(model))
+
+
+def check_available(name: str) -> None:
+    """Raise a one-line :class:`SimcellError` naming the extra to install when the
+    packages of model ``name`` are missing (an unknown name raises too)."""
+    model_class = get_model_class(name)
+    missing = _missing(model_class)
+    if missing:
+        raise SimcellError(
+            f"model {name!r} needs the package(s) {', '.join(missing)}: "
+            "pip install 'simcell[baselines]'"
+        )
+
+
+def _missing(model_class: type[ModelBase]) -> tuple[str, ...]:
+    return missing_packages(getattr(model_class, "requires", ()))
 
 
 def get_model_class(name: str) -> type[ModelBase]:

@@ -31,11 +31,13 @@ EXPECTED_MODELS = {
     "cvae_fm_edit",
     "cvae_fm_decode",
     "lcd",
+    "scgen",
 }
+EXTERNAL_MODELS = {"biolord", "cinemaot"}  # need simcell[baselines]: test_external*.py
 
 
 def test_registered_names() -> None:
-    assert set(list_models()) == EXPECTED_MODELS
+    assert set(list_models()) == EXPECTED_MODELS | EXTERNAL_MODELS
     assert DEFAULT_MODELS == (
         "identity",
         "mean_shift",
@@ -180,6 +182,7 @@ def test_representation_flags() -> None:
         "sccbgm_fm_decode",
         "cvae_fm_edit",
         "cvae_fm_decode",
+        "scgen",
     }
 
 
