@@ -687,14 +687,12 @@ def _check_models(models: Sequence[str] | None) -> list[str]:
                 f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
             )
         from simcell.models import get_model_class
+        from simcell.models._registry import check_available
         from simcell.models.base import check_input_space
 
-        for name in models:  # before any work: a model declaring an unknown space
-            check_input_space(get_model_class(name))
-        from simcell.models._registry import check_available
-
-        for name in models:  # an external model without its extra: one line, before any work
+        for name in models:  # before any work: a missing extra, an unknown input space
             check_available(name)
+            check_input_space(get_model_class(name))
     return models
 
 
