@@ -38,6 +38,7 @@ import pandas as pd
 from simcell import SimcellError, SimcellWarning
 from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
+from simcell.evaluation.metrics.ratios import competing_references
 from simcell.evaluation.oracle import oracle_posterior
 from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
 from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
@@ -268,38 +269,54 @@ def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task:
     """Index of the reference population closest to ``goal`` under a ratio metric's
     distance (None when every candidate denominator is at distance <= 0).
 
-    A ratio with a unit ``denominator`` is its distance, so the metric itself
-    measures each population once without the harness knowing its distance.
-    A ratio metric without that option orders the populations by their ratio
-    against one fixed denominator population (one more distance per call).
+    Only the populations the metric itself lets compete (see
+    :func:`~simcell.evaluation.metrics.ratios.competing_references`: rFID leaves
+    out populations too small for its bias correction) are candidates, so the
+    denominator is the one the metric would choose. A ratio with a unit
+    ``denominator`` is its distance, so the metric itself measures each
+    population once without the harness knowing its distance. A ratio metric
+    without that option orders the populations by their ratio against one fixed
+    denominator population (one more distance per call).
     """
+    candidates = competing_references(metric.name, [r.shape[0] for r in refs], goal.shape[1])
     if "denominator" in metric.options:
         with _budget_notes(f"{task} reference populations"):
             distances = [
                 float(
                     _call(
                         metric,
-                        {**shared, "pred": r, "truth": goal, "references": [r], "denominator": 1.0},
+                        {
+                            **shared,
+                            "pred": refs[index],
+                            "truth": goal,
+                            "references": [refs[index]],
+                            "denominator": 1.0,
+                        },
                     )
                 )
-                for r in refs
+                for index in candidates
             ]
-        return int(np.argmin(distances)) if max(distances) > 0 else None
-    for denominator in refs:
+        return candidates[int(np.argmin(distances))] if max(distances) > 0 else None
+    for denominator in (refs[index] for index in candidates):
         try:
             with _budget_notes(f"{task} reference populations"):
                 ratios = [
                     float(
                         _call(
                             metric,
-                            {**shared, "pred": r, "truth": goal, "references": [denominator]},
+                            {
+                                **shared,
+                                "pred": refs[index],
+                                "truth": goal,
+                                "references": [denominator],
+                            },
                         )
                     )
-                    for r in refs
+                    for index in candidates
                 ]
         except SimcellError:  # this denominator is at distance <= 0: try another
             continue
-        return int(np.argmin(ratios))
+        return candidates[int(np.argmin(ratios))]
     return None
 
 
