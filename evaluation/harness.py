@@ -38,6 +38,7 @@ import pandas as pd
 from simcell import SimcellError, SimcellWarning
 from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
+from simcell.evaluation.metrics.distribution import SINKHORN_EPSILON_SCALE
 from simcell.evaluation.metrics.ratios import competing_references
 from simcell.evaluation.oracle import oracle_posterior
 from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
@@ -219,7 +220,8 @@ def _populations(data: TaskData, seed: int) -> _Populations:
     target, small_target = full[cells], full[small]
     bandwidths = tuple(m.median_heuristic_bandwidths(target, seed=0))
     pairs = ((small_target[:, None, :] - small_target[None, :, :]) ** 2).sum(-1)
-    epsilon = 0.05 * float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
+    median = float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
+    epsilon = SINKHORN_EPSILON_SCALE * median
     shared = {"bandwidths": bandwidths, "epsilon": epsilon, "seed": 0, **SINKHORN_OPTIONS}
     nearest, denominators = {}, {}
     rng = stream(seed, data.name, "ot references")

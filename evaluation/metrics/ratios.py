@@ -32,6 +32,7 @@ from simcell.evaluation.metrics._registry import register_metric
 from simcell.evaluation.metrics._validation import as_cells, check_positive, same_dims
 from simcell.evaluation.metrics.distribution import (
     _FID_CELLS_PER_DIM,
+    SINKHORN_EPSILON_SCALE,
     FidEstimator,
     Precision,
     _resolve_bandwidths,
@@ -273,7 +274,7 @@ def rsd(
     *,
     paired: bool = False,
     epsilon: float | None = None,
-    epsilon_scale: float = 0.05,
+    epsilon_scale: float = SINKHORN_EPSILON_SCALE,
     seed: int = 0,
     max_iter: int = 10_000,
     tol: float = 1e-8,
