@@ -40,6 +40,8 @@ import pandas as pd
 from simcell import SimcellError, SimcellWarning
 from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
+from simcell.evaluation.metrics.distribution import SINKHORN_EPSILON_SCALE
+from simcell.evaluation.metrics.ratios import competing_references
 from simcell.evaluation.oracle import oracle_posterior
 from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
 from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
@@ -220,7 +222,8 @@ def _populations(data: TaskData, seed: int) -> _Populations:
     target, small_target = full[cells], full[small]
     bandwidths = tuple(m.median_heuristic_bandwidths(target, seed=0))
     pairs = ((small_target[:, None, :] - small_target[None, :, :]) ** 2).sum(-1)
-    epsilon = 0.05 * float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
+    median = float(np.median(pairs[np.triu_indices(small_target.shape[0], 1)]))
+    epsilon = SINKHORN_EPSILON_SCALE * median
     shared = {"bandwidths": bandwidths, "epsilon": epsilon, "seed": 0, **SINKHORN_OPTIONS}
     nearest, denominators = {}, {}
     rng = stream(seed, data.name, "ot references")
@@ -270,38 +273,54 @@ def _nearest(metric: m.Metric, refs: list, goal: np.ndarray, shared: dict, task:
     """Index of the reference population closest to ``goal`` under a ratio metric's
     distance (None when every candidate denominator is at distance <= 0).
 
-    A ratio with a unit ``denominator`` is its distance, so the metric itself
-    measures each population once without the harness knowing its distance.
-    A ratio metric without that option orders the populations by their ratio
-    against one fixed denominator population (one more distance per call).
+    Only the populations the metric itself lets compete (see
+    :func:`~simcell.evaluation.metrics.ratios.competing_references`: rFID leaves
+    out populations too small for its bias correction) are candidates, so the
+    denominator is the one the metric would choose. A ratio with a unit
+    ``denominator`` is its distance, so the metric itself measures each
+    population once without the harness knowing its distance. A ratio metric
+    without that option orders the populations by their ratio against one fixed
+    denominator population (one more distance per call).
     """
+    candidates = competing_references(metric.name, [r.shape[0] for r in refs], goal.shape[1])
     if "denominator" in metric.options:
         with _budget_notes(f"{task} reference populations"):
             distances = [
                 float(
                     _call(
                         metric,
-                        {**shared, "pred": r, "truth": goal, "references": [r], "denominator": 1.0},
+                        {
+                            **shared,
+                            "pred": refs[index],
+                            "truth": goal,
+                            "references": [refs[index]],
+                            "denominator": 1.0,
+                        },
                     )
                 )
-                for r in refs
+                for index in candidates
             ]
-        return int(np.argmin(distances)) if max(distances) > 0 else None
-    for denominator in refs:
+        return candidates[int(np.argmin(distances))] if max(distances) > 0 else None
+    for denominator in (refs[index] for index in candidates):
         try:
             with _budget_notes(f"{task} reference populations"):
                 ratios = [
                     float(
                         _call(
                             metric,
-                            {**shared, "pred": r, "truth": goal, "references": [denominator]},
+                            {
+                                **shared,
+                                "pred": refs[index],
+                                "truth": goal,
+                                "references": [denominator],
+                            },
                         )
                     )
-                    for r in refs
+                    for index in candidates
                 ]
         except SimcellError:  # this denominator is at distance <= 0: try another
             continue
-        return int(np.argmin(ratios))
+        return candidates[int(np.argmin(ratios))]
     return None
 
 

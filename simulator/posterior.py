@@ -44,6 +44,7 @@ l, ε, δ and η (the noise floor of a distributional metric).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,10 +65,20 @@ from simcell.simulator.poisson import (
 )
 
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
-_GRID = np.linspace(-5.0, 5.0, 41)
+_GRID_POINTS = 41
+_GRID = np.linspace(-5.0, 5.0, _GRID_POINTS)
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(16)
-#: cells processed together by default (memory bound)
+#: cells whose draws take consecutive uniforms of the stream (it fixes the draws)
 DEFAULT_CHUNK = 256
+#: draw x cell x gene entries computed in one kernel call (memory bound)
+_BLOCK_ENTRIES = 1 << 21
+#: counts below this share their quadrature across a group's cells and draws
+_X_CACHED = 32
+#: the relaxed ε quadrature runs at rates e^{m + l} up to this (its rounding stays
+#: far below the margin), and its pick stands where the uniform is farther than
+#: this fraction of the total from both bounds of the picked node
+_RELAXED_MAX_RATE = 100.0
+_PICK_MARGIN = 1e-9
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -229,7 +240,8 @@ def cell_posterior(bundle, positions: np.ndarray) -> CellPosterior:
 def _library_size_draws(
     cells: CellPosterior, n_samples: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Samples of l_i from its grid posterior (step 1), shape (n_samples, n_cells)."""
+    """Samples of l_i from its grid posterior (step 1) and their grid points, each
+    shape (n_samples, n_cells)."""
     grid = cells.library_size_sd[:, None] * _GRID[None, :]  # (n, L)
     total = cells.counts.sum(axis=1, dtype=np.float64)[:, None]
     scale = np.exp(cells.log_rate_mean + cells.noise_sd**2 / 2).sum(axis=1)[:, None]
@@ -239,168 +251,409 @@ def _library_size_draws(
     cdf /= cdf[:, -1:]
     u = rng.random((n_samples, grid.shape[0]))
     index = np.minimum((u[:, :, None] > cdf[None, :, :]).sum(axis=2), grid.shape[1] - 1)
-    return np.take_along_axis(grid[None, :, :].repeat(n_samples, 0), index[:, :, None], 2)[..., 0]
+    values = np.take_along_axis(grid[None, :, :].repeat(n_samples, 0), index[:, :, None], 2)
+    return values[..., 0], index
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _posterior_twin_kernel(
+def _posterior_twins_kernel(
     counts,
     log_rate_mean,
+    group,
+    n_groups,
+    level,
     library,
     shift,
-    offsets,
+    rank,
+    starts,
     nodes,
     log_weights,
+    count_factor,
+    node_spread,
     u_pick,
     u_delta,
-    twin,
-    rates,
-    deltas,
-    out,
+    twins,
+    pending,
     position,
+    n_parts,
 ):  # pragma: no cover - compiled
-    """One posterior twin of a chunk of cells (steps 2, 3 and the twin), in place.
+    """Every posterior draw of the twins of a block of cells (steps 2, 3 and the twin).
 
-    Entries with Δ = 0 are copied; the others, numbered in row-major order from
-    ``offsets[row]``, take the uniforms ``u_pick`` (ε) and ``u_delta`` (δ) of their
-    number, so the result does not depend on how rows are spread over threads.
-    Entries left ``_UNCERTAIN`` (rate above the sequential range: ``deltas`` is
-    NaN; or a δ within the certification tolerance of a step) are settled outside.
+    ``level`` and ``library`` (n_draws, n_rows) give each draw's grid point of l
+    and its value; rows of one ``group`` (0 … n_groups − 1) have the same
+    log-rate row m_i· and library grid. ``shift`` is (1, n_rows, n_genes) when Δ
+    is the same for every draw, else (n_draws, n_rows, n_genes); ``rank`` (same
+    shape) numbers the changed entries of a row, and the changed entry j of (draw
+    s, row r) takes the uniforms ``u_pick`` (ε) and ``u_delta`` (δ) at
+    ``starts[s, r] + rank[s, r, j]``, so the result does not depend on how the
+    work is spread over threads. Entries with Δ = 0 are copied.
+
+    The ε quadrature of an entry depends only on (m_ij, l, x_ij), and F(x − 1),
+    F(x) only on those and the picked node; l lies on a 41-point grid and cells
+    of a group share m_i·, so both are computed once per (gene, group, grid
+    point, count[, node]) and shared by the group's cells and draws. The node is
+    first picked on a relaxed quadrature, w_h e^{x n_h} e^{−λ (e^{n_h} − e^{n_0})}
+    with λ = e^{m + l} (16 products per count once its 16 factors per grid point
+    are known), whose cumulated weights are within ~1e-13 of the exact ones; the
+    pick stands when the uniform lies farther than ``_PICK_MARGIN`` of the total
+    from both bounds of the node, and is otherwise (or at rates above
+    ``_RELAXED_MAX_RATE``) made on the exact quadrature. Every value kept is
+    computed with the arithmetic of one draw at a time, so the draws are
+    unchanged bit for bit.
+
+    An entry whose rate is above the sequential range (``pending`` 2) or whose δ
+    lies within the certification tolerance of a step (``pending`` 1) is settled
+    outside: ``u_pick`` then holds its twin's rate, ``u_delta`` its δ (pending
+    1 only) and ``position`` row · n_genes + j.
     """
-    n_rows, n_genes = counts.shape
+    n_draws, n_rows = level.shape
+    n_genes = counts.shape[1]
     n_nodes = nodes.size
-    for row in numba.prange(n_rows):
-        weights = np.empty(max(n_nodes, 1))
-        i = offsets[row]
-        for j in range(n_genes):
-            if shift[row, j] == 0.0:
-                twin[row, j] = counts[row, j]
-                continue
-            x = counts[row, j]
-            value = log_rate_mean[row, j] + library[row]
-            if n_nodes > 0:  # ε | x, l from its quadrature posterior
-                top = -np.inf
-                for h in range(n_nodes):
-                    weights[h] = log_weights[h] + x * nodes[h] - math.exp(value + nodes[h])
-                    top = max(top, weights[h])
-                total = 0.0
-                for h in range(n_nodes):
-                    weights[h] = math.exp(weights[h] - top)
-                    total += weights[h]
-                target, running, pick = u_pick[i] * total, 0.0, n_nodes - 1
-                for h in range(n_nodes):
-                    running += weights[h]
-                    if running > target:
-                        pick = h
-                        break
-                value += nodes[pick]
-            rate = math.exp(value)
-            rates[i] = rate * math.exp(shift[row, j])
-            position[i] = row * n_genes + j
-            if rate > _SEQUENTIAL_MAX_RATE:
-                deltas[i] = np.nan  # interval computed with pdtr outside
-                out[i] = _UNCERTAIN
-            else:
-                pmf = math.exp(-rate)
-                cdf, below = pmf, 0.0
-                for k in range(1, x + 1):  # F(x - 1) and F(x) by the pmf recursion
-                    pmf *= rate / k
-                    below = cdf
-                    cdf += pmf
-                delta = min(below + u_delta[i] * (cdf - below), _BELOW_ONE)
-                deltas[i] = delta
-                out[i] = _ppf_scalar(delta, rates[i])
-            twin[row, j] = out[i]
-            i += 1
+    width = max(n_nodes, 1)
+    n_levels = _GRID_POINTS
+    varies = shift.shape[0] > 1
+    for part in numba.prange(n_parts):
+        cumulated = np.empty((n_levels, _X_CACHED, width))
+        cumulated_key = np.full((n_levels, _X_CACHED), -1, dtype=np.int64)
+        rate_at = np.empty((n_levels, width))
+        rate_key = np.full((n_levels, width), -1, dtype=np.int64)
+        below_at = np.empty((n_levels, _X_CACHED, width))
+        cdf_at = np.empty((n_levels, _X_CACHED, width))
+        cdf_key = np.full((n_levels, _X_CACHED, width), -1, dtype=np.int64)
+        scratch = np.empty((1, 1, width))  # the quadrature of a count too large to share
+        relaxed_factor = np.empty((n_levels, width))
+        relaxed_ok = np.zeros(n_levels, dtype=np.bool_)
+        relaxed_key = np.full(n_levels, -1, dtype=np.int64)
+        relaxed_cum = np.empty((n_levels, _X_CACHED, width))
+        relaxed_cum_key = np.full((n_levels, _X_CACHED), -1, dtype=np.int64)
+        for j in range(part * n_genes // n_parts, (part + 1) * n_genes // n_parts):
+            for r in range(n_rows):
+                x = counts[r, j]
+                if not varies and shift[0, r, j] == 0.0:
+                    for s in range(n_draws):
+                        twins[s, r, j] = x
+                    continue
+                key = j * n_groups + group[r]  # one (gene, group) pair
+                shared = x < _X_CACHED
+                fixed_scale = 0.0 if varies else math.exp(shift[0, r, j])
+                for s in range(n_draws):
+                    step = shift[s, r, j] if varies else shift[0, r, j]
+                    if step == 0.0:
+                        twins[s, r, j] = x
+                        continue
+                    t = level[s, r]
+                    value = log_rate_mean[r, j] + library[s, r]
+                    i = starts[s, r] + (rank[s, r, j] if varies else rank[0, r, j])
+                    pick = -1
+                    if n_nodes > 0 and shared:  # the relaxed quadrature, when it certifies
+                        if relaxed_key[t] != key:
+                            rate = math.exp(value)
+                            relaxed_ok[t] = rate <= _RELAXED_MAX_RATE
+                            for h in range(n_nodes):
+                                relaxed_factor[t, h] = math.exp(-rate * node_spread[h])
+                            relaxed_key[t] = key
+                        if relaxed_ok[t]:
+                            if relaxed_cum_key[t, x] != key:
+                                running = 0.0
+                                for h in range(n_nodes):
+                                    running += count_factor[x, h] * relaxed_factor[t, h]
+                                    relaxed_cum[t, x, h] = running
+                                relaxed_cum_key[t, x] = key
+                            total = relaxed_cum[t, x, n_nodes - 1]
+                            if 1e-250 < total < 1e250:
+                                target = u_pick[i] * total
+                                margin = _PICK_MARGIN * total
+                                for h in range(n_nodes):
+                                    if relaxed_cum[t, x, h] > target:
+                                        if relaxed_cum[t, x, h] - target > margin and (
+                                            h == 0 or target - relaxed_cum[t, x, h - 1] > margin
+                                        ):
+                                            pick = h
+                                        break
+                    if n_nodes > 0 and pick < 0:  # ε | x, l from its quadrature posterior
+                        if shared:
+                            weights, tw, xw = cumulated, t, x
+                        else:
+                            weights, tw, xw = scratch, 0, 0
+                        if not shared or cumulated_key[t, x] != key:
+                            top = -np.inf
+                            for h in range(n_nodes):
+                                weight = log_weights[h] + x * nodes[h] - math.exp(value + nodes[h])
+                                weights[tw, xw, h] = weight
+                                top = max(top, weight)
+                            running = 0.0
+                            for h in range(n_nodes):
+                                running += math.exp(weights[tw, xw, h] - top)
+                                weights[tw, xw, h] = running
+                            if shared:
+                                cumulated_key[t, x] = key
+                        target, pick = u_pick[i] * weights[tw, xw, n_nodes - 1], n_nodes - 1
+                        for h in range(n_nodes):
+                            if weights[tw, xw, h] > target:
+                                pick = h
+                                break
+                    if n_nodes > 0:
+                        value += nodes[pick]
+                    else:
+                        pick = 0
+                    if rate_key[t, pick] != key:
+                        rate_at[t, pick] = math.exp(value)
+                        rate_key[t, pick] = key
+                    rate = rate_at[t, pick]
+                    scaled = rate * (math.exp(step) if varies else fixed_scale)
+                    if rate > _SEQUENTIAL_MAX_RATE:  # interval computed with pdtr outside
+                        u_pick[i] = scaled
+                        pending[i] = 2
+                        position[i] = r * n_genes + j
+                        twins[s, r, j] = _UNCERTAIN
+                        continue
+                    if shared and cdf_key[t, x, pick] == key:
+                        below, cdf = below_at[t, x, pick], cdf_at[t, x, pick]
+                    else:
+                        pmf = math.exp(-rate)  # F(x − 1), F(x) by the pmf recursion
+                        cdf, below = pmf, 0.0
+                        for k in range(1, x + 1):
+                            pmf *= rate / k
+                            below = cdf
+                            cdf += pmf
+                        if shared:
+                            below_at[t, x, pick], cdf_at[t, x, pick] = below, cdf
+                            cdf_key[t, x, pick] = key
+                    delta = min(below + u_delta[i] * (cdf - below), _BELOW_ONE)
+                    draw = _ppf_scalar(delta, scaled)
+                    if draw == _UNCERTAIN:
+                        u_pick[i] = scaled
+                        u_delta[i] = delta
+                        pending[i] = 1
+                        position[i] = r * n_genes + j
+                    twins[s, r, j] = draw
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _concept_shift_kernel(change, effects, shift, n_changed):  # pragma: no cover - compiled
-    """Δ_ij = Σ_k (v'_ik − v_ik) c_kj (exactly 0 where no changed concept acts) and
-    the number of non-zero Δ of each row."""
-    n_rows, n_genes = shift.shape
-    for row in numba.prange(n_rows):
+    """Δ_sij = Σ_k (v'_sik − v_ik) c_kj (exactly 0 where no changed concept acts) of
+    every draw s and the number of non-zero Δ of each (draw, row); ``shift`` of
+    shape (n_draws, n_rows, 0) counts without storing."""
+    n_draws, n_rows = n_changed.shape
+    n_genes = effects.shape[1]
+    store = shift.shape[2] > 0
+    for item in numba.prange(n_draws * n_rows):
+        s, row = item // n_rows, item % n_rows
         count = 0
         for j in range(n_genes):
             acc = 0.0
-            for k in range(change.shape[1]):
-                if change[row, k] != 0.0:
-                    acc += change[row, k] * effects[k, j]
-            shift[row, j] = acc
+            for k in range(change.shape[2]):
+                if change[s, row, k] != 0.0:
+                    acc += change[s, row, k] * effects[k, j]
+            if store:
+                shift[s, row, j] = acc
             if acc != 0.0:
                 count += 1
-        n_changed[row] = count
+        n_changed[s, row] = count
 
 
-def _offsets(n_changed: np.ndarray) -> np.ndarray:
-    """Row offsets of the changed entries, shape (n_rows + 1,)."""
-    offsets = np.zeros(n_changed.size + 1, dtype=np.int64)
-    np.cumsum(n_changed, out=offsets[1:])
-    return offsets
+class _Uniforms:
+    """The uniforms of the twin draws, each read at its place in the stream.
+
+    After the library sizes (and concept draws), the draws consume the stream
+    chunk by chunk of ``chunk`` cells: for each draw s in turn, ``rng.random(n)``
+    for the ε picks of the chunk's changed entries, then ``rng.random(n)`` for
+    their δ, in row-major order. With a PCG64 generator any cell's uniforms are
+    read where they lie (the generator is advanced), so cells can be computed in
+    any order holding one block's uniforms; with any other generator a chunk's
+    uniforms are drawn when its first cell is needed, so cells must come chunk
+    by chunk (:attr:`random_access` is False). Either way ``rng`` is left where
+    drawing them one draw at a time leaves it.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    changed : ndarray of int64, shape (n_draws, n_cells)
+        Changed entries of each (draw, cell).
+    chunk : int
+    """
+
+    def __init__(self, rng: np.random.Generator, changed: np.ndarray, chunk: int) -> None:
+        n_draws, n_cells = changed.shape
+        self._chunk, self._changed = chunk, changed
+        # stream position of the first pick of every (draw, cell), and of each
+        # chunk's first uniform, relative to the generator's position now
+        self._first = np.zeros((n_draws, n_cells), dtype=np.int64)
+        self._sizes = np.zeros((n_draws, -(-n_cells // chunk)), dtype=np.int64)
+        self._chunk_start = np.zeros(self._sizes.shape[1] + 1, dtype=np.int64)
+        position = 0
+        for c, start in enumerate(range(0, n_cells, chunk)):
+            part = changed[:, start : start + chunk]
+            within = np.cumsum(part, axis=1) - part
+            for s in range(n_draws):
+                self._first[s, start : start + chunk] = position + within[s]
+                self._sizes[s, c] = part[s].sum()
+                position += 2 * int(self._sizes[s, c])
+            self._chunk_start[c + 1] = position
+        generator = rng.bit_generator
+        self.random_access = (
+            isinstance(generator, np.random.PCG64) and not generator.state["has_uint32"]
+        )
+        self._rng, self._loaded, self._loaded_chunk, self._cursor = rng, None, -1, None
+        if self.random_access:
+            self._state = generator.state
+            self._reader = np.random.PCG64(0)
+            generator.advance(position)
+
+    def _read(self, begin: int, count: int, chunk: int) -> np.ndarray:
+        if self.random_access:
+            if self._cursor is None or begin < self._cursor:
+                self._reader.state = self._state
+                self._cursor = 0
+            self._reader.advance(begin - self._cursor)
+            raw = self._reader.random_raw(count)
+            self._cursor = begin + count
+            return (raw >> np.uint64(11)) * (1.0 / 9007199254740992.0)  # as Generator.random
+        if self._loaded_chunk != chunk:  # chunks come in order: draw the next one
+            size = int(self._chunk_start[chunk + 1] - self._chunk_start[chunk])
+            self._loaded, self._loaded_chunk = self._rng.random(size), chunk
+        offset = begin - int(self._chunk_start[chunk])
+        return self._loaded[offset : offset + count]
+
+    def fill(
+        self, rows: np.ndarray, bounds: np.ndarray, u_pick: np.ndarray, u_delta: np.ndarray
+    ) -> None:
+        """Write the uniforms of the cells ``rows`` (increasing, within one chunk
+        unless random access), draw s's from ``bounds[s]`` on, row after row."""
+        breaks = np.flatnonzero((np.diff(rows) != 1) | (rows[1:] % self._chunk == 0)) + 1
+        heads = np.concatenate([[0], breaks])
+        counts = np.add.reduceat(self._changed[:, rows], heads, axis=1)  # (S, runs)
+        begins = self._first[:, rows[heads]]
+        chunks = rows[heads] // self._chunk
+        for s in range(self._first.shape[0]):
+            for target, deltas in ((u_pick, 0), (u_delta, 1)):
+                at = int(bounds[s])
+                for run in range(heads.size):
+                    count = int(counts[s, run])
+                    if not count:
+                        continue
+                    chunk = int(chunks[run])
+                    begin = int(begins[s, run]) + deltas * int(self._sizes[s, chunk])
+                    target[at : at + count] = self._read(begin, count, chunk)
+                    at += count
 
 
-def _sample_twin(
+def _row_groups(log_rate_mean: np.ndarray, library_size_sd: np.ndarray) -> np.ndarray:
+    """Group number of each row, shape (n_rows,): rows of one group have the same
+    m_i· and l prior bit for bit, so they share the quadratures of
+    :func:`_posterior_twins_kernel`."""
+    groups = np.empty(log_rate_mean.shape[0], dtype=np.int64)
+    by_digest: dict[bytes, list[int]] = {}
+    representative: list[int] = []
+    for row in range(log_rate_mean.shape[0]):
+        data = log_rate_mean[row].tobytes() + library_size_sd[row].tobytes()
+        candidates = by_digest.setdefault(hashlib.blake2b(data, digest_size=16).digest(), [])
+        for group in candidates:  # compared, not trusted to the digest
+            other = representative[group]
+            if library_size_sd[row] == library_size_sd[other] and np.array_equal(
+                log_rate_mean[row], log_rate_mean[other]
+            ):
+                groups[row] = group
+                break
+        else:
+            groups[row] = len(representative)
+            candidates.append(len(representative))
+            representative.append(row)
+    return groups
+
+
+def _sample_twins(
     counts: np.ndarray,
     log_rate_mean: np.ndarray,
+    group: np.ndarray,
+    level: np.ndarray,
     library: np.ndarray,
     shift: np.ndarray,
-    offsets: np.ndarray,
     sigma: float,
-    rng: np.random.Generator,
+    u_pick: np.ndarray,
+    u_delta: np.ndarray,
+    bounds: np.ndarray,
 ) -> np.ndarray:
-    """One posterior draw of the twin of a chunk of cells, shape (n_rows, n_genes), int64.
+    """Posterior draws of the twins of a block of cells, shape (n_draws, n_rows, n_genes), int64.
 
     Parameters
     ----------
     counts : ndarray of int64, shape (n_rows, n_genes)
     log_rate_mean : ndarray, shape (n_rows, n_genes)
-    library : ndarray, shape (n_rows,)
-        One draw of l_i.
-    shift : ndarray, shape (n_rows, n_genes)
-        Δ_ij; entries with Δ = 0 are the factual counts.
-    offsets : ndarray of int64, shape (n_rows + 1,)
-        Cumulated number of non-zero Δ per row (see :func:`_offsets`).
+    group : ndarray of int64, shape (n_rows,)
+        Rows of one group share m_i· and the library grid (see :func:`_row_groups`).
+    level, library : ndarray, shape (n_draws, n_rows)
+        Grid point and value of each draw of l_i.
+    shift : ndarray, shape (1, n_rows, n_genes) or (n_draws, n_rows, n_genes)
+        Δ_ij, one for every draw or one per draw; entries with Δ = 0 are the
+        factual counts.
+    sigma : float
+        σ_ε.
+    u_pick, u_delta : ndarray, shape (bounds[-1],)
+        The uniforms (ε node, δ) of the changed entries, draw by draw, row by
+        row; overwritten.
+    bounds : ndarray of int64, shape (n_draws + 1,)
+        Draw s owns the changed entries ``bounds[s]:bounds[s + 1]``.
     """
     if sigma > 0:
         nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES
         log_weights = np.log(_HERMITE_WEIGHTS)
     else:
         nodes = log_weights = np.zeros(0)
-    n_changed = int(offsets[-1])
-    u_pick, u_delta = rng.random(n_changed), rng.random(n_changed)
-    rates, deltas = np.empty(n_changed), np.empty(n_changed)
-    out = np.empty(n_changed, dtype=np.int64)
+    # the relaxed quadrature's factors: w_h e^{x n_h} and e^{n_h} − e^{n_0}
+    count_factor = np.exp(log_weights[None, :] + np.arange(_X_CACHED)[:, None] * nodes[None, :])
+    node_spread = np.exp(nodes) - np.exp(nodes[:1])
+    n_draws = level.shape[0]
+    changed = shift != 0.0
+    rank = np.cumsum(changed, axis=2, dtype=np.int64) - 1
+    per_row = rank[:, :, -1] + 1 if shift.shape[2] else np.zeros(shift.shape[:2], np.int64)
+    per_row = np.broadcast_to(per_row, level.shape)
+    starts = bounds[:-1, None] + np.cumsum(per_row, axis=1) - per_row
+    _, group = np.unique(group, return_inverse=True)
+    n_changed = int(bounds[-1])
+    pending = np.zeros(n_changed, dtype=np.uint8)
     position = np.empty(n_changed, dtype=np.int64)
-    twin = np.empty(counts.shape, dtype=np.int64)
-    _posterior_twin_kernel(
+    twins = np.empty((n_draws, *counts.shape), dtype=np.int64)
+    _posterior_twins_kernel(
         counts,
         log_rate_mean,
+        group.astype(np.int64),
+        int(group.max(initial=0)) + 1,
+        level,
         library,
         shift,
-        offsets,
+        rank,
+        np.ascontiguousarray(starts),
         nodes,
         log_weights,
+        count_factor,
+        node_spread,
         u_pick,
         u_delta,
-        twin,
-        rates,
-        deltas,
-        out,
+        twins,
+        pending,
         position,
+        min(counts.shape[1], 8 * numba.get_num_threads()),
     )
-    large = np.flatnonzero(np.isnan(deltas))
-    if large.size:  # rates above the sequential range: the interval from pdtr
-        where = position[large]
-        rate = rates[large] / np.exp(shift.reshape(-1)[where])
-        x = counts.reshape(-1)[where]
-        below = np.where(x > 0, special.pdtr(np.maximum(x - 1, 0), rate), 0.0)
-        at = special.pdtr(x, rate)
-        deltas[large] = np.minimum(below + u_delta[large] * (at - below), _BELOW_ONE)
-    uncertain = np.flatnonzero(out == _UNCERTAIN)
-    if uncertain.size:
-        settle_uncertain(deltas, rates, out)
-        twin.reshape(-1)[position[uncertain]] = out[uncertain]
-    return twin
+    settle = np.flatnonzero(pending)
+    if settle.size:
+        where = position[settle]
+        draw = np.searchsorted(bounds, settle, side="right") - 1
+        large = settle[pending[settle] == 2]
+        if large.size:  # rates above the sequential range: the interval from pdtr
+            at = where[pending[settle] == 2]
+            steps = shift.reshape(shift.shape[0], -1)[
+                draw[pending[settle] == 2] if shift.shape[0] > 1 else 0, at
+            ]
+            rate = u_pick[large] / np.exp(steps)
+            x = counts.reshape(-1)[at]
+            below = np.where(x > 0, special.pdtr(np.maximum(x - 1, 0), rate), 0.0)
+            top = special.pdtr(x, rate)
+            u_delta[large] = np.minimum(below + u_delta[large] * (top - below), _BELOW_ONE)
+        out = np.full(settle.size, _UNCERTAIN, dtype=np.int64)
+        settle_uncertain(u_delta[settle], u_pick[settle], out)
+        twins.reshape(n_draws, -1)[draw, where] = out
+    return twins
 
 
 # ----------------------------------------------------------------- the twin
@@ -459,6 +712,7 @@ class TwinPosterior:
         }
         self._binary = tuple(d for d in self._descendants if cells.concept_kinds[d] == "binary")
         self._fixed_shift: np.ndarray | None = None
+        self._row_group: np.ndarray | None = None
         if not self._binary:  # nothing random in v': one shift for every draw
             targets = self._propagate(direct[None], np.zeros((1, cells.n_cells, 0)))[0]
             self._fixed_shift = (targets - cells.concepts) @ cells.concept_effects
@@ -489,6 +743,7 @@ class TwinPosterior:
         self._descendants = self._binary = ()
         self._parents = {}
         self._fixed_shift = shift
+        self._row_group = None
         return self
 
     # ------------------------------------------------------------- concepts
@@ -549,35 +804,73 @@ class TwinPosterior:
 
     # ------------------------------------------------------------- draws
 
+    def _groups(self) -> np.ndarray:
+        if self._row_group is None:
+            self._row_group = _row_groups(self.cells.log_rate_mean, self.cells.library_size_sd)
+        return self._row_group
+
     def _draws(
         self, n_samples: int, rng: np.random.Generator, chunk: int
-    ) -> Iterator[tuple[slice, np.ndarray]]:
-        """Posterior twins of each chunk of cells, ``n_samples`` in a row per chunk."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Posterior twins of blocks of cells: (rows, twins, shape (n_samples, rows.size, n_genes)).
+
+        ``chunk`` fixes where each draw's uniforms lie in the stream (see
+        :class:`_Uniforms`), so the draws do not depend on the order or the blocks
+        in which cells are computed; cells of one group are computed together, and
+        share their quadratures.
+        """
         cells = self.cells
-        n_cells = cells.n_cells
-        library = _library_size_draws(cells, n_samples, rng)  # (S, n)
+        n_cells, n_genes = cells.counts.shape
+        library, level = _library_size_draws(cells, n_samples, rng)  # (S, n)
         concept_draws = (
             None if self._fixed_shift is not None else self.concept_draws(n_samples, rng)
         )
-        sigma = cells.noise_sd
         effects = np.ascontiguousarray(cells.concept_effects, dtype=np.float64)
-        for start in range(0, n_cells, chunk):
-            rows = slice(start, min(start + chunk, n_cells))
-            x = np.ascontiguousarray(cells.counts[rows], dtype=np.int64)
-            m = np.ascontiguousarray(cells.log_rate_mean[rows], dtype=np.float64)
-            if self._fixed_shift is not None:
-                shift = np.ascontiguousarray(self._fixed_shift[rows])
-                offsets = _offsets(np.count_nonzero(shift, axis=1))
-            else:
-                shift = np.empty(x.shape)
-                n_changed = np.empty(x.shape[0], dtype=np.int64)
-            for s in range(n_samples):
-                if concept_draws is not None:
-                    change = concept_draws[s, rows] - cells.concepts[rows]
-                    _concept_shift_kernel(change, effects, shift, n_changed)
-                    offsets = _offsets(n_changed)
-                twin = _sample_twin(x, m, library[s, rows], shift, offsets, sigma, rng)
-                yield rows, twin
+
+        def shifts(rows: np.ndarray, store: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            if concept_draws is None:
+                shift = np.ascontiguousarray(self._fixed_shift[rows], dtype=np.float64)[None]
+                return shift, np.count_nonzero(shift, axis=2)
+            change = concept_draws[:, rows] - cells.concepts[rows]
+            shift = np.empty((n_samples, rows.size, n_genes if store else 0))
+            n_changed = np.empty((n_samples, rows.size), dtype=np.int64)
+            _concept_shift_kernel(change, effects, shift, n_changed)
+            return shift, n_changed
+
+        if concept_draws is None:
+            changed = np.count_nonzero(self._fixed_shift, axis=1)[None].repeat(n_samples, 0)
+        else:
+            changed = np.empty((n_samples, n_cells), dtype=np.int64)
+            for start in range(0, n_cells, chunk):
+                changed[:, start : start + chunk] = shifts(
+                    np.arange(start, min(start + chunk, n_cells)), store=False
+                )[1]
+        uniforms = _Uniforms(rng, changed, chunk)
+        cell = np.arange(n_cells)
+        span = n_cells if uniforms.random_access else chunk  # blocks stay within a span
+        order = np.lexsort((cell, self._groups(), cell // span))
+        block = max(1, _BLOCK_ENTRIES // (n_samples * max(n_genes, 1)))
+        for first in range(0, n_cells, span):
+            for start in range(first, min(first + span, n_cells), block):
+                rows = order[start : min(start + block, first + span, n_cells)]
+                sizes = changed[:, rows].sum(axis=1)
+                bounds = np.zeros(n_samples + 1, dtype=np.int64)
+                np.cumsum(sizes, out=bounds[1:])
+                u_pick, u_delta = np.empty(bounds[-1]), np.empty(bounds[-1])
+                uniforms.fill(rows, bounds, u_pick, u_delta)
+                twins = _sample_twins(
+                    np.ascontiguousarray(cells.counts[rows], dtype=np.int64),
+                    np.ascontiguousarray(cells.log_rate_mean[rows], dtype=np.float64),
+                    self._groups()[rows],
+                    np.ascontiguousarray(level[:, rows]),
+                    np.ascontiguousarray(library[:, rows]),
+                    shifts(rows)[0],
+                    cells.noise_sd,
+                    u_pick,
+                    u_delta,
+                    bounds,
+                )
+                yield rows, twins
 
     def sample(self, rng: np.random.Generator, *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
         """One exact posterior draw of every cell's counterfactual counts.
@@ -590,15 +883,16 @@ class TwinPosterior:
         ----------
         rng : numpy.random.Generator
         chunk : int
-            Cells processed together (memory bound).
+            Cells whose draws take consecutive uniforms of the stream (the draw
+            depends on it; the memory does not).
 
         Returns
         -------
         ndarray of int64, shape (n_cells, n_genes)
         """
         out = np.empty(self.cells.counts.shape, dtype=np.int64)
-        for rows, twin in self._draws(1, rng, _check_chunk(chunk)):
-            out[rows] = twin
+        for rows, twins in self._draws(1, rng, _check_chunk(chunk)):
+            out[rows] = twins[0]
         return out
 
     def mean(
@@ -620,7 +914,8 @@ class TwinPosterior:
             Posterior draws per cell.
         rng : numpy.random.Generator
         chunk : int
-            Cells processed together (memory bound).
+            Cells whose draws take consecutive uniforms of the stream (the draws
+            depend on it; the memory does not).
 
         Returns
         -------
@@ -628,16 +923,18 @@ class TwinPosterior:
         """
         if n_samples < 1:
             raise SimcellError(f"n_samples must be >= 1, got {n_samples}")
-        parts, total = [], None
-        for count, (_, twin) in enumerate(self._draws(n_samples, rng, _check_chunk(chunk))):
-            value = transform(twin)
-            total = value if total is None else total + value
-            if count % n_samples == n_samples - 1:
-                parts.append(total / n_samples)
-                total = None
-        if not parts:
+        out = None
+        for rows, twins in self._draws(n_samples, rng, _check_chunk(chunk)):
+            total = transform(twins[0])
+            for twin in twins[1:]:  # summed in draw order
+                total = total + transform(twin)
+            value = total / n_samples
+            if out is None:
+                out = np.empty((self.cells.n_cells, *value.shape[1:]), dtype=value.dtype)
+            out[rows] = value
+        if out is None:
             return transform(self.cells.counts[:0].astype(np.int64))
-        return np.concatenate(parts, axis=0)
+        return out
 
     def mean_halves(
         self,

@@ -371,6 +371,14 @@ _SINKHORN_REFERENCE = (
     "law; noise floor: the same metric between the truth and an independent sample of its law"
 )
 FidEstimator = Literal["unbiased", "plugin"]
+#: default ε of the Sinkhorn divergence, in units of the median squared pairwise
+#: distance. At 0.05 the entropic OT of two independent 75-150-cell samples of one
+#: law in 128 PCs is almost all finite-sample bias (its sample complexity grows
+#: like ε^(-d/2)): on synthetic2 an identity prediction, a same-law sample and the
+#: nearest training population all scored 48-52, so rSD was about 1 for every
+#: population. At 1 the same-law sample scores 1.6 against identity's 5.6, and S_ε
+#: still weighs more than the means (its ε → ∞ limit is ½ ||mean(x) − mean(y)||²).
+SINKHORN_EPSILON_SCALE = 1.0
 _FID_BLOCKS = 10
 _FID_CELLS_PER_DIM = 2
 
@@ -648,7 +656,7 @@ def sinkhorn_divergence(
     *,
     paired: bool = False,
     epsilon: float | None = None,
-    epsilon_scale: float = 0.05,
+    epsilon_scale: float = SINKHORN_EPSILON_SCALE,
     seed: int = 0,
     max_iter: int = 10_000,
     tol: float = 1e-8,
@@ -688,8 +696,10 @@ def sinkhorn_divergence(
         Entropic regularisation in squared-distance units. Default:
         ``epsilon_scale`` × the median squared pairwise distance of the pooled
         sample (seeded subsample of at most 1000 cells), computed once.
-    epsilon_scale : float, default 0.05
-        Used only when ``epsilon`` is None.
+    epsilon_scale : float, default :data:`SINKHORN_EPSILON_SCALE` (1.0)
+        Used only when ``epsilon`` is None. Small values make ``S_ε`` close to
+        OT, whose finite-sample bias in many dimensions swamps any difference
+        between populations of a few hundred cells.
     seed : int, default 0
         Seed of the median subsample and of the split of paired rows.
     max_iter : int, default 10000

@@ -32,6 +32,7 @@ from simcell.evaluation.metrics._registry import register_metric
 from simcell.evaluation.metrics._validation import as_cells, check_positive, same_dims
 from simcell.evaluation.metrics.distribution import (
     _FID_CELLS_PER_DIM,
+    SINKHORN_EPSILON_SCALE,
     FidEstimator,
     Precision,
     _resolve_bandwidths,
@@ -41,7 +42,7 @@ from simcell.evaluation.metrics.distribution import (
     sinkhorn_divergence,
 )
 
-__all__ = ["rfid", "rmmd", "rsd"]
+__all__ = ["competing_references", "rfid", "rmmd", "rsd"]
 
 _RATIO_REFERENCE = (
     "1 = as close to the target as the closest observed population; noise floor: the "
@@ -74,6 +75,40 @@ def _ratio(
             f"{nearest:.3g} <= 0 from the truth"
         )
     return distance(pred, truth, paired) / nearest
+
+
+def competing_references(
+    metric: str, sizes: Sequence[int], n_dims: int, *, estimator: FidEstimator = "unbiased"
+) -> list[int]:
+    """Indices of the reference populations that may be a ratio's closest population.
+
+    The bias-corrected FID over-corrects samples below ``2 · n_dims`` cells
+    (their FID to the truth can be negative), so for ``rfid`` with the
+    ``"unbiased"`` estimator only populations of at least that many cells
+    compete, unless none has that many. Every population competes for the other
+    ratios. :func:`rfid` applies this itself; a caller that searches the closest
+    population on its own (to pass ``denominator=``) must apply it too.
+
+    Parameters
+    ----------
+    metric : str
+        The ratio's registered name (``"rmmd"``, ``"rfid"``, ``"rsd"``).
+    sizes : sequence of int
+        Cells of each reference population, as it will be compared.
+    n_dims : int
+        Dimensions of the compared space.
+    estimator : {"unbiased", "plugin"}, default "unbiased"
+        The FID estimator (``rfid`` only).
+
+    Returns
+    -------
+    list of int
+    """
+    everyone = list(range(len(sizes)))
+    if metric != "rfid" or estimator != "unbiased":
+        return everyone
+    enough = _FID_CELLS_PER_DIM * n_dims
+    return [index for index in everyone if sizes[index] >= enough] or everyone
 
 
 def _ratio_inputs(
@@ -223,13 +258,11 @@ def rfid(
     def distance(first: np.ndarray, second: np.ndarray, pairs: bool) -> float:
         return frechet_distance(first, second, paired=pairs, seed=seed, estimator=estimator)
 
-    if estimator == "unbiased":
-        # the bias correction over-corrects small samples (negative FIDs), which
-        # would make a tiny population the "closest": it competes only if large
-        # enough, unless no population is
-        enough = _FID_CELLS_PER_DIM * truth_cells.shape[1]
-        large = [cells for cells in reference_cells if cells.shape[0] >= enough]
-        reference_cells = large or reference_cells
+    # the bias correction over-corrects small samples (negative FIDs), which would
+    # make a tiny population the "closest": it competes only if large enough
+    sizes = [cells.shape[0] for cells in reference_cells]
+    allowed = competing_references("rfid", sizes, truth_cells.shape[1], estimator=estimator)
+    reference_cells = [reference_cells[index] for index in allowed]
     return _ratio("rfid", distance, pred_cells, truth_cells, reference_cells, paired, denominator)
 
 
@@ -241,7 +274,7 @@ def rsd(
     *,
     paired: bool = False,
     epsilon: float | None = None,
-    epsilon_scale: float = 0.05,
+    epsilon_scale: float = SINKHORN_EPSILON_SCALE,
     seed: int = 0,
     max_iter: int = 10_000,
     tol: float = 1e-8,

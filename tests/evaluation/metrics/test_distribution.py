@@ -259,7 +259,8 @@ def test_sinkhorn_divergence_equals_pot(rng):
 def test_sinkhorn_default_epsilon_is_one_pooled_median_scale(rng):
     x = rng.normal(size=(30, 3))
     y = rng.normal(size=(25, 3)) + 1.0
-    epsilon = 0.05 * np.median(pdist(np.vstack([x, y]), "sqeuclidean"))
+    scale = metrics.distribution.SINKHORN_EPSILON_SCALE
+    epsilon = scale * np.median(pdist(np.vstack([x, y]), "sqeuclidean"))
     assert metrics.sinkhorn_divergence(x, y, device="cpu") == pytest.approx(
         metrics.sinkhorn_divergence(x, y, epsilon=epsilon, device="cpu"), rel=1e-9
     )
