@@ -52,9 +52,23 @@ _RECORD_FORMAT = "simcell-study-cell/1"
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """One torch thread and one BLAS thread: results independent of the engine."""
+    """One torch thread and one BLAS thread: results independent of the engine.
+
+    The limit reaches only the native libraries loaded when it is entered, so
+    everything a cell loads (the harness, the models and their BLAS / OpenMP
+    runtimes) is imported first: otherwise a process's first cell would run some
+    BLAS calls on every core, and round differently from its later cells.
+    """
+    import numba
     import torch
     from threadpoolctl import threadpool_limits
+
+    import simcell.evaluation.harness  # noqa: F401
+    import simcell.models  # noqa: F401
+    import simcell.simulator  # noqa: F401
+
+    numba_before = numba.get_num_threads()
+    numba.set_num_threads(1)  # starts numba's threading layer: its OpenMP is now loaded
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -63,6 +77,7 @@ def _one_thread() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+        numba.set_num_threads(numba_before)
 
 
 @contextlib.contextmanager
