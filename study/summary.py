@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +108,19 @@ def paired_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0) -> dict:
     if n >= 2 and np.any(diff != 0):
         sd = diff.std(ddof=1)
         out["d_z"] = float(diff.mean() / sd) if sd > 0 else math.nan
-        out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
-        out["ttest_p"] = float(stats.ttest_rel(a, (1.0 + margin) * b).pvalue)
+        with warnings.catch_warnings():
+            # nearly constant differences: scipy warns of precision loss; p stays
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+            out["ttest_p"] = float(stats.ttest_rel(a, (1.0 + margin) * b).pvalue)
     return out
 
 
 def verdict(test: dict) -> str:
-    """``supported`` / ``contradicted`` (p < 0.05 either way) or ``not significant``."""
+    """``supported`` / ``contradicted`` (p < 0.05 either way), ``not significant``, or
+    ``no pairs`` (the table holds no pair for the claim)."""
+    if test["n"] == 0:
+        return "no pairs"
     p = test["wilcoxon_p"] if math.isfinite(test["wilcoxon_p"]) else test["ttest_p"]
     if not math.isfinite(p) or p >= ALPHA:
         return "not significant"
@@ -155,13 +162,14 @@ def with_degradation(frame: pd.DataFrame) -> pd.DataFrame:
 
 def check_claim(frame: pd.DataFrame, claim: Claim) -> dict:
     """A claim's paired test (see :func:`paired_test`) on a study's scores."""
-    models = frame[~frame["model"].isin(REFERENCES)]
-    data = _select(models, claim.where)
+    data = frame[~frame["model"].isin(REFERENCES)]
     column = "value"
     if claim.measure == "degradation":
+        # against the clean rows, before ``where`` (a corruption kind) drops them
         data = with_degradation(data)
         data = data[data["corruption"] != "none"]
         column = "degradation"
+    data = _select(data, claim.where)
     named = {key for key, _ in claim.a + claim.b}
     keys = [k for k in PAIR_KEYS if k not in named]
     if named - set(PAIR_KEYS) - {"model", "base_model", "preset"} and "overrides" in keys:
