@@ -192,6 +192,10 @@ def _fmt(mean: float, spread: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
+def _g(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.3g}"
+
+
 def _p(value: float) -> str:
     return "" if not math.isfinite(value) else f"{value:.2g}"
 
@@ -378,12 +382,14 @@ def summary_markdown(study: Study, table: pd.DataFrame) -> str:
         ]
         for claim in study.claims:
             test = check_claim(frame, claim) if len(frame) else paired_test([], [])
-            relative = f"{test['relative']:+.2%}" if math.isfinite(test["relative"]) else ""
+            # a ratio of two mean degradations near 0 says nothing: values only
+            shown = claim.measure == "value" and math.isfinite(test["relative"])
+            relative = f"{test['relative']:+.2%}" if shown else ""
             d_z = f"{test['d_z']:.2f}" if math.isfinite(test["d_z"]) else ""
             margin = f" (margin {claim.margin:.0%})" if claim.margin else ""
             lines.append(
-                f"| {claim.text}{margin} | {test['n']} | {_fmt(test['mean_a'], math.nan)} | "
-                f"{_fmt(test['mean_b'], math.nan)} | {relative} | {d_z} | "
+                f"| {claim.text}{margin} | {test['n']} | {_g(test['mean_a'])} | "
+                f"{_g(test['mean_b'])} | {relative} | {d_z} | "
                 f"{_p(test['wilcoxon_p'])} | {_p(test['ttest_p'])} | {verdict(test)} |"
             )
         lines += [
@@ -409,22 +415,32 @@ def _figure(width: float, height: float):
 
 
 def plot_fig3(frame: pd.DataFrame, path: Path) -> None:
-    """Error by noise kind × level, one line per model (the paper's Fig. 3 layout)."""
-    models = frame[~frame["model"].isin(REFERENCES)]
+    """Error by noise kind × level, one line per model (the paper's Fig. 3 layout);
+    below it, the increase over no corruption, paired within (task, seed)."""
+    models = with_degradation(frame[~frame["model"].isin(REFERENCES)])
     kinds = sorted(set(models["corruption"]) - {"none"}) or ["none"]
-    figure = _figure(3.2 * len(kinds), 3.2)
-    axes = figure.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
-    for ax, kind in zip(axes, kinds, strict=True):
-        for model, group in models.groupby("model"):
-            part = group[group["corruption"].isin(["none", kind])]
-            levels = sorted(part["level"].unique())
-            stats = [mean_sem(part[part["level"] == level]["value"]) for level in levels]
-            ax.errorbar(levels, [s[0] for s in stats], [s[1] for s in stats], marker="o")
-            ax.lines[-1].set_label(model)
-        ax.set_title(kind)
-        ax.set_xlabel("level (columns)")
-    axes[0].set_ylabel("error")
-    axes[0].legend(fontsize="small")
+    figure = _figure(3.2 * len(kinds), 5.6)
+    axes = figure.subplots(2, len(kinds), sharey="row", squeeze=False)
+    for column, kind in enumerate(kinds):
+        for row, (measure, label) in enumerate(
+            (("value", "error"), ("degradation", "error − error without noise"))
+        ):
+            ax = axes[row, column]
+            for model, group in models.groupby("model"):
+                part = group[group["corruption"].isin(["none", kind])]
+                levels = sorted(part["level"].unique())
+                stats = [mean_sem(part[part["level"] == level][measure]) for level in levels]
+                ax.errorbar(
+                    levels, [s[0] for s in stats], [s[1] for s in stats], marker="o", label=model
+                )
+            if row == 0:
+                ax.set_title(kind)
+            else:
+                ax.axhline(0, color="grey", linewidth=0.5)
+                ax.set_xlabel("level (columns)")
+            if column == 0:
+                ax.set_ylabel(label)
+    axes[0, 0].legend(fontsize="small")
     figure.savefig(path, dpi=100)
 
 
