@@ -261,7 +261,7 @@ def results_table(study: Study, records: dict[str, dict]) -> pd.DataFrame:
     from simcell.evaluation.harness import RESULT_COLUMNS
 
     frames = []
-    for cell in study.cells:  # sorted by key
+    for cell in sorted(study.cells, key=lambda c: c.key):  # whatever order they ran in
         record = records.get(cell.key)
         if record is None:
             continue

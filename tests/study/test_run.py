@@ -141,6 +141,16 @@ def sequential_table(tmp_path_factory) -> bytes:
     return (folder / "sequential" / "report" / "results.csv").read_bytes()
 
 
+def test_table_is_independent_of_the_order_cells_run_in(tmp_path, sequential_table) -> None:
+    """What the engines rely on: a cell's rows depend on its configuration alone
+    (here each cell runs after the other one, in a process that has run others)."""
+    study, _ = _study(tmp_path, ENGINES)
+    backwards = dataclasses.replace(study, cells=study.cells[::-1])
+    run_study(backwards, tmp_path / "out", progress_bar=False)
+    assert (tmp_path / "out" / "report" / "results.csv").read_bytes() == sequential_table
+
+
+@pytest.mark.slow
 def test_process_engine_table_equals_sequential_bit_for_bit(tmp_path, sequential_table) -> None:
     study, _ = _study(tmp_path, ENGINES)
     run = run_study(study, tmp_path / "out", engine="processes", workers=2, progress_bar=False)
