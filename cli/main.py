@@ -13,6 +13,7 @@ from simcell._atomic import clear_stop, request_stop
 from simcell.cli.evaluate import evaluate
 from simcell.cli.export import export
 from simcell.cli.generate import generate, scenarios
+from simcell.cli.study import study
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,3 +46,4 @@ main.add_command(generate)
 main.add_command(scenarios)
 main.add_command(evaluate)
 main.add_command(export)
+main.add_command(study)

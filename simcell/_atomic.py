@@ -490,3 +490,41 @@ def check_output(
     shown = Path(target)
     resolved = refuse_dangerous(shown, [Path(p) for p in protect])
     _plan(resolved, shown, ownership, overwrite)
+
+
+# --------------------------------------------------------------------------- append-only logs
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a log file, durably (``O_APPEND``, then ``fsync``).
+
+    A reader (:func:`read_lines`) sees a line whole or not at all: a line cut
+    short by a kill has no final newline and is ignored, then cut off by the
+    next ``read_lines(..., repair=True)``. One writer per file.
+    """
+    if "\n" in line:
+        raise ValueError("append_line writes a single line")
+    data = memoryview((line + "\n").encode())
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        while data:
+            data = data[os.write(descriptor, data) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_lines(path: str | os.PathLike, *, repair: bool = False) -> list[str]:
+    """The complete lines of a log written by :func:`append_line` ([] if absent).
+
+    ``repair``: truncate a partial last line (left by a killed writer) so the
+    next append starts on a line of its own.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    complete = data.rfind(b"\n") + 1
+    if repair and complete < len(data):
+        os.truncate(path, complete)
+    return data[:complete].decode().splitlines()
