@@ -18,6 +18,7 @@ from ._common import CHECKPOINT_FORMAT, ModelBase
 from ._config import ModelConfig
 from ._trainer import load_checkpoint
 from .baselines import Identity, LatentShift, MeanShift
+from .causcell import CausCell, CausCellIND
 from .cvae import CVAE
 from .flow_models import (
     CVAEFMDecode,
@@ -58,6 +59,8 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         SCCBGMFMDecode,
         CVAEFMEdit,
         CVAEFMDecode,
+        CausCell,
+        CausCellIND,
     )
 }
 

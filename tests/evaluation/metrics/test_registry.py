@@ -28,6 +28,8 @@ EXPECTED = {
     "ari": ("higher", "latent"),
     "linear_r2": ("higher", "latent"),
     "mcc": ("higher", "latent"),
+    "concept_f1_weighted": ("higher", "latent"),
+    "concept_agreement": ("higher", "classification"),
 }
 
 # The inputs every family declares: the vocabulary a runner's context is built from.
@@ -38,6 +40,7 @@ EXPECTED_INPUTS = {
     "knn_accuracy": ("pred", "reference", "reference_labels", "target_label"),
     "concepts": ("embedding", "concepts_true"),
     "clusters": ("embedding", "cell_types"),
+    "agreement": ("pred", "truth", "reference", "reference_labels"),
 }
 
 
@@ -46,7 +49,9 @@ def _family(name: str) -> str:
         return "ratio"
     if name in ("nmi", "ari"):
         return "clusters"
-    if name in ("concept_accuracy", "concept_f1", "linear_r2", "mcc"):
+    if name == "concept_agreement":
+        return "agreement"
+    if name in ("concept_accuracy", "concept_f1", "concept_f1_weighted", "linear_r2", "mcc"):
         return "concepts"
     if name == "knn_accuracy":
         return name
