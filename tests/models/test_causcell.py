@@ -124,6 +124,9 @@ def test_do_changes_only_the_tokens_the_scm_allows(fitted):
         bank = {tuple(row) for row in model.bank_z_[model.bank_concepts_[:, 1] == 1, 1]}
         assert all(tuple(row) in bank for row in after[:, 1])
         assert changed(factual, after).tolist() == [False, True, True, False, False, False]
+        # on a root (concept_0) the hard do and the swap coincide: z_0 = ε_0, same donors
+        _, hard0 = model._counterfactual_tokens(eps, edited, targets, propagate=True)
+        np.testing.assert_array_equal(hard0, causal)
     finally:
         model.config = hard.replace(intervention="exogenous_swap")
 
