@@ -18,6 +18,7 @@ from ._common import CHECKPOINT_FORMAT, ModelBase
 from ._config import ModelConfig
 from ._trainer import load_checkpoint
 from .baselines import Identity, LatentShift, MeanShift
+from .causcell import CausCell, CausCellIND
 from .cvae import CVAE
 from .external import Biolord, CinemaOT, missing_packages
 from .flow_models import (
@@ -67,6 +68,8 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         SCGen,
         Biolord,
         CinemaOT,
+        CausCell,
+        CausCellIND,
     )
 }
 

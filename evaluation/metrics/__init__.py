@@ -16,6 +16,10 @@ module:
   ``concept_accuracy`` / ``concept_f1(embedding, concepts_true)``, clusterings
   ``nmi`` / ``ari(embedding, cell_types)``; :func:`concept_leakage` (not
   registered: it returns a table, not one number).
+* :mod:`~simcell.evaluation.metrics.disentanglement` — ``concept_f1_weighted``
+  (latent), ``concept_agreement`` (classification, needs ``truth``);
+  :func:`block_concept_scores`, :func:`reconstruction_scores`,
+  :func:`causal_consistency` (not registered: tables).
 * :mod:`~simcell.evaluation.metrics.identifiability` — ``linear_r2`` /
   ``mcc(embedding, concepts_true)``.
 * :mod:`~simcell.evaluation.metrics.causal` — ``fn(causal_pred, causal_true)``:
@@ -51,6 +55,14 @@ from simcell.evaluation.metrics.classification import (
     concept_leakage,
     knn_accuracy,
     nmi,
+)
+from simcell.evaluation.metrics.disentanglement import (
+    ReconstructionScores,
+    block_concept_scores,
+    causal_consistency,
+    concept_agreement,
+    concept_f1_weighted,
+    reconstruction_scores,
 )
 from simcell.evaluation.metrics.distribution import (
     energy_distance,
@@ -99,4 +111,11 @@ __all__ = [
     "rmmd",
     "rsd",
     "sinkhorn_divergence",
+    # disentanglement (CausCell)
+    "ReconstructionScores",
+    "block_concept_scores",
+    "causal_consistency",
+    "concept_agreement",
+    "concept_f1_weighted",
+    "reconstruction_scores",
 ]

@@ -32,6 +32,8 @@ EXPECTED_MODELS = {
     "cvae_fm_decode",
     "lcd",
     "scgen",
+    "causcell",
+    "causcell_ind",
 }
 EXTERNAL_MODELS = {"biolord", "cinemaot"}  # need simcell[baselines]: test_external*.py
 
@@ -183,6 +185,8 @@ def test_representation_flags() -> None:
         "cvae_fm_edit",
         "cvae_fm_decode",
         "scgen",
+        "causcell",
+        "causcell_ind",
     }
 
 

@@ -34,6 +34,8 @@ EXPECTED = {
     "causal_f1_undirected": ("higher", "causal"),
     "causal_pearson": ("higher", "causal"),
     "causal_pearson_undirected": ("higher", "causal"),
+    "concept_f1_weighted": ("higher", "latent"),
+    "concept_agreement": ("higher", "classification"),
 }
 
 # The inputs every family declares: the vocabulary a runner's context is built from.
@@ -45,6 +47,7 @@ EXPECTED_INPUTS = {
     "concepts": ("embedding", "concepts_true"),
     "clusters": ("embedding", "cell_types"),
     "causal": ("causal_pred", "causal_true"),
+    "agreement": ("pred", "truth", "reference", "reference_labels"),
 }
 
 
@@ -53,7 +56,9 @@ def _family(name: str) -> str:
         return "ratio"
     if name in ("nmi", "ari"):
         return "clusters"
-    if name in ("concept_accuracy", "concept_f1", "linear_r2", "mcc"):
+    if name == "concept_agreement":
+        return "agreement"
+    if name in ("concept_accuracy", "concept_f1", "concept_f1_weighted", "linear_r2", "mcc"):
         return "concepts"
     if name == "knn_accuracy":
         return name
