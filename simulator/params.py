@@ -14,6 +14,7 @@ from simcell import SimcellError
 ConceptKind = Literal["binary", "continuous"]
 InterventionMode = Literal["causal", "direct"]
 CorruptionKind = Literal["none", "missing", "irrelevant", "incorrect", "duplicate"]
+BaselineLaw = Literal["loguniform", "lognormal"]
 
 #: the largest count the bundle's int32 ``X`` can hold
 MAX_COUNT = 2**31 - 1
@@ -25,6 +26,7 @@ _LIABILITY_REACH = 7.4
 _CONCEPT_KINDS = ("binary", "continuous")
 _MODES = ("causal", "direct")
 _CORRUPTIONS = ("none", "missing", "irrelevant", "incorrect", "duplicate")
+_BASELINE_LAWS = ("loguniform", "lognormal")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +79,25 @@ class SimulationParams:
         model sees; ``corruption_p`` is the per-entry probability (removal for
         ``missing``, flip for ``incorrect``, "on" for ``irrelevant``), ``None`` for
         the kind's default (1, 0.1, 0.5).
+    baseline_law : {"loguniform", "lognormal"}
+        Law of the baseline w_j: log-uniform on ``baseline_range`` (the paper's),
+        or ``lognormal``: w_j ~ N(baseline_log_mean, baseline_log_sd²), gene
+        means over orders of magnitude as in droplet data.
+    baseline_log_mean, baseline_log_sd : float
+        Mean and sd of w_j under the ``lognormal`` law (unused otherwise).
+    dispersion_trend : (float, float)
+        (α₀, α₁) of the gene dispersion trend α(μ) = α₀ + α₁ / μ on the gene's
+        baseline mean μ = e^{w_j}; (0, 0), the default, keeps Poisson counts.
+        Otherwise the pre-capture count is negative binomial with mean λ_ij and
+        variance λ_ij + α_j λ_ij², drawn by its exact inverse CDF from δ_ij.
+    dispersion_sd : float
+        Log-normal scatter of each gene's α_j around the trend:
+        α_j = α(μ_j) · exp(dispersion_sd · z_j), z_j ~ N(0, 1).
+    capture_mean, capture_concentration : float
+        Per-cell capture efficiency p_i ~ Beta(m κ, (1 − m) κ) with mean m =
+        ``capture_mean`` and concentration κ; every count is binomially thinned,
+        y_ij = Q_Bin(ν_ij; x_ij, p_i), ν_ij ~ U(0, 1). ``capture_mean = 1`` (the
+        default) is no thinning.
     """
 
     n_cells: int = 20_000
@@ -106,6 +127,13 @@ class SimulationParams:
     corruption: CorruptionKind = "none"
     corruption_level: int = 1
     corruption_p: float | None = None
+    baseline_law: BaselineLaw = "loguniform"
+    baseline_log_mean: float = 0.0
+    baseline_log_sd: float = 1.0
+    dispersion_trend: tuple[float, float] = (0.0, 0.0)
+    dispersion_sd: float = 0.0
+    capture_mean: float = 1.0
+    capture_concentration: float = 20.0
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +143,9 @@ class SimulationParams:
             self,
             "library_size_sd_range",
             _pair(self.library_size_sd_range, "library_size_sd_range"),
+        )
+        object.__setattr__(
+            self, "dispersion_trend", _pair(self.dispersion_trend, "dispersion_trend")
         )
         if isinstance(self.concept_kinds, str):
             raise SimcellError(
@@ -159,8 +190,23 @@ class SimulationParams:
             "cell_type_effect_sd",
             "concept_effect_sd",
             "noise_sd",
+            "baseline_log_sd",
+            "dispersion_sd",
         ):
             _check_float(self, name, minimum=0.0)
+        _check_float(self, "baseline_log_mean", minimum=-math.inf)
+        _check_float(self, "capture_mean", minimum=0.0, strict=True)
+        _check_float(self, "capture_concentration", minimum=0.0, strict=True)
+        if self.capture_mean > 1:
+            raise SimcellError(f"capture_mean must be in (0, 1], got {self.capture_mean}")
+        if self.baseline_law not in _BASELINE_LAWS:
+            raise SimcellError(
+                f"baseline_law must be one of {_BASELINE_LAWS}, got {self.baseline_law!r}"
+            )
+        if min(self.dispersion_trend) < 0:
+            raise SimcellError(
+                f"dispersion_trend (a0, a1) must both be >= 0, got {self.dispersion_trend}"
+            )
         for name in (
             "concept_sparsity_alpha",
             "concept_sparsity_beta",
@@ -250,7 +296,25 @@ class SimulationParams:
         )
         entries = float(self.n_cells) * float(self.n_genes)
         z = NormalDist().inv_cdf(1.0 - 1.0 / (entries + 1.0))
+        if self.baseline_law == "lognormal":
+            variance += self.baseline_log_sd**2
+            return self.baseline_log_mean + z * math.sqrt(variance)
         return math.log(self.baseline_range[1]) + z * math.sqrt(variance)
+
+    @property
+    def overdispersed(self) -> bool:
+        """Whether counts are negative binomial (a non-zero ``dispersion_trend``)."""
+        return any(a > 0 for a in self.dispersion_trend)
+
+    @property
+    def captured(self) -> bool:
+        """Whether counts are binomially thinned by a per-cell capture efficiency."""
+        return self.capture_mean < 1.0
+
+    @property
+    def realistic(self) -> bool:
+        """Whether any realistic count layer (overdispersion, capture) is on."""
+        return self.overdispersed or self.captured
 
     @property
     def kinds(self) -> tuple[ConceptKind, ...]:
@@ -305,6 +369,12 @@ class SimulationParams:
         out["library_size_sd_range"] = list(self.library_size_sd_range)
         out["concept_kinds"] = list(self.kinds)
         out["concept_edges"] = [list(e) for e in self.concept_edges]
+        out["dispersion_trend"] = list(self.dispersion_trend)
+        # the realistic knobs are written only when changed, so that the paper's
+        # presets keep their bundles byte for byte
+        for name in _REALISTIC_DEFAULTS:
+            if getattr(self, name) == _REALISTIC_DEFAULTS[name]:
+                del out[name]
         return out
 
     def replace(self, **changes: Any) -> SimulationParams:
@@ -313,6 +383,18 @@ class SimulationParams:
         if unknown:
             raise SimcellError(f"unknown parameter(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
+
+
+#: fields added for realistic counts and graded difficulty, with their "off" value
+_REALISTIC_DEFAULTS: dict[str, Any] = {
+    "baseline_law": "loguniform",
+    "baseline_log_mean": 0.0,
+    "baseline_log_sd": 1.0,
+    "dispersion_trend": (0.0, 0.0),
+    "dispersion_sd": 0.0,
+    "capture_mean": 1.0,
+    "capture_concentration": 20.0,
+}
 
 
 def field_names() -> tuple[str, ...]:

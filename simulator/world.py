@@ -43,6 +43,8 @@ class World:
         Library-size sd of each batch.
     concept_weights : ndarray, shape (n_concepts, n_concepts)
         B of the concept SCM; ``concept_weights[p, k]`` is the weight of p -> k.
+    dispersion : ndarray, shape (n_genes,), or None
+        α_j of the negative-binomial counts; ``None`` for Poisson counts.
     """
 
     baseline: np.ndarray
@@ -57,6 +59,7 @@ class World:
     concept_probability: np.ndarray
     library_size_sd: np.ndarray
     concept_weights: np.ndarray
+    dispersion: np.ndarray | None = None
 
     @property
     def concept_liability_mean(self) -> np.ndarray:
@@ -81,8 +84,13 @@ def draw_world(params: SimulationParams, seed: int) -> World:
     """
     p = params
     n_genes = p.n_genes
-    low, high = np.log(p.baseline_range[0]), np.log(p.baseline_range[1])
-    baseline = stream(seed, "baseline").uniform(low, high, size=n_genes)
+    if p.baseline_law == "lognormal":
+        baseline = stream(seed, "baseline").normal(
+            p.baseline_log_mean, p.baseline_log_sd, size=n_genes
+        )
+    else:
+        low, high = np.log(p.baseline_range[0]), np.log(p.baseline_range[1])
+        baseline = stream(seed, "baseline").uniform(low, high, size=n_genes)
     batch_effects = stream(seed, "batch_effects").normal(
         0.0, p.batch_effect_sd, (p.n_batches, n_genes)
     )
@@ -130,4 +138,31 @@ def draw_world(params: SimulationParams, seed: int) -> World:
         concept_probability=concept_probability,
         library_size_sd=library_size_sd,
         concept_weights=concept_weights,
+        dispersion=draw_dispersion(p, baseline, seed) if p.overdispersed else None,
     )
+
+
+def draw_dispersion(params: SimulationParams, baseline: np.ndarray, seed: int) -> np.ndarray:
+    """Gene dispersions α_j = (α₀ + α₁ / e^{w_j}) · exp(s z_j), z_j ~ N(0, 1).
+
+    The trend on the gene's baseline mean (dispersion falls with expression, to
+    the asymptote α₀) is the one fitted to droplet data by edgeR / DESeq2; the
+    log-normal scatter s is ``dispersion_sd``. Drawn from the stream
+    ``"dispersion"``.
+
+    Parameters
+    ----------
+    params : SimulationParams
+    baseline : ndarray, shape (n_genes,)
+        w_j.
+    seed : int
+
+    Returns
+    -------
+    ndarray, shape (n_genes,)
+        α_j > 0.
+    """
+    asymptote, extra = params.dispersion_trend
+    trend = asymptote + extra * np.exp(-baseline)
+    scatter = stream(seed, "dispersion").standard_normal(baseline.size)
+    return np.maximum(trend * np.exp(params.dispersion_sd * scatter), 1e-12)

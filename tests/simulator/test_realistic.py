@@ -1,0 +1,177 @@
+"""Realistic counts: NB / binomial inverse CDFs, their laws, exact twins, paper presets kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from simcell import SimcellError, scenarios
+from simcell.simulator import simulate
+from simcell.simulator.nbinom import binom_ppf, nbinom_ppf
+from simcell.simulator.params import SimulationParams
+
+# a world with no effects: every cell of gene j has rate e^{w_j}
+_FLAT = dict(
+    n_batches=1,
+    n_tissues=1,
+    n_cell_types=1,
+    n_concepts=1,
+    batch_effect_sd=0.0,
+    tissue_effect_sd=0.0,
+    cell_type_effect_sd=0.0,
+    concept_effect_sd=0.0,
+    library_size_sd_range=(0.0, 0.0),
+    noise_sd=0.0,
+    n_tasks=0,
+)
+
+
+@pytest.fixture(scope="module")
+def realistic_small():
+    params = scenarios.load("realistic", n_cells=600, n_genes=60, n_tasks=1, min_task_cells=5)
+    return simulate(params, seed=3, n_threads=1)
+
+
+def test_nbinom_ppf_equals_scipy_element_for_element():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    q = rng.random(n)
+    mean = np.exp(rng.uniform(-5, 8, n))
+    alpha = np.exp(rng.uniform(-5, 2, n))
+    size = 1 / alpha
+    expected = stats.nbinom.ppf(q, size, size / (size + mean))
+    np.testing.assert_array_equal(nbinom_ppf(q, mean, alpha), expected)
+
+
+def test_binom_ppf_equals_scipy_element_for_element():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    q, trials, p = rng.random(n), rng.integers(0, 6000, n), rng.random(n)
+    np.testing.assert_array_equal(binom_ppf(q, trials, p), stats.binom.ppf(q, trials, p))
+
+
+def test_inverse_cdfs_refuse_bad_input():
+    with pytest.raises(SimcellError, match="q must lie"):
+        nbinom_ppf(1.0, 1.0, 1.0)
+    with pytest.raises(SimcellError, match="dispersion"):
+        nbinom_ppf(0.5, 1.0, 0.0)
+    with pytest.raises(SimcellError, match="p must lie"):
+        binom_ppf(0.5, 3, 1.5)
+
+
+def test_negative_binomial_layer_has_the_nb_law():
+    """Without capture each gene's counts are NB(e^{w_j}, α_j): chi-square per gene."""
+    params = SimulationParams(
+        n_cells=3000, n_genes=4, dispersion_trend=(0.3, 0.2), dispersion_sd=0.2, **_FLAT
+    )
+    data = simulate(params, seed=0, n_threads=1)
+    counts = data.factual.X.toarray()
+    for j in range(params.n_genes):
+        mean, alpha = np.exp(data.world.baseline[j]), data.world.dispersion[j]
+        size = 1 / alpha
+        law = stats.nbinom(size, size / (size + mean))
+        top = int(law.ppf(0.99))
+        observed = np.bincount(np.minimum(counts[:, j], top + 1), minlength=top + 2)
+        expected = np.append(law.pmf(np.arange(top + 1)), law.sf(top)) * params.n_cells
+        keep = expected > 5
+        observed = np.append(observed[keep], observed[~keep].sum())
+        expected = np.append(expected[keep], expected[~keep].sum())
+        if expected[-1] == 0:
+            observed, expected = observed[:-1], expected[:-1]
+        p_value = stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+        assert p_value > 1e-3, (j, p_value)
+
+
+def test_thinned_counts_match_the_closed_form_moments():
+    """y | p ~ NB(p λ, α): E y = m λ, Var y = m λ + α λ² E[p²] + λ² Var p."""
+    params = SimulationParams(
+        n_cells=8000,
+        n_genes=6,
+        baseline_law="lognormal",
+        baseline_log_mean=2.0,
+        baseline_log_sd=0.3,
+        dispersion_trend=(0.2, 0.0),
+        capture_mean=0.3,
+        capture_concentration=30.0,
+        **_FLAT,
+    )
+    data = simulate(params, seed=1, n_threads=1)
+    counts = data.factual.X.toarray().astype(np.float64)
+    m, kappa = params.capture_mean, params.capture_concentration
+    var_p = m * (1 - m) / (kappa + 1)
+    # the drawn capture efficiencies follow their Beta law
+    beta = stats.beta(m * kappa, (1 - m) * kappa)
+    assert stats.kstest(data.cells.capture, beta.cdf).pvalue > 1e-3
+    lam, alpha = np.exp(data.world.baseline), data.world.dispersion
+    mean = m * lam
+    var = m * lam + alpha * lam**2 * (var_p + m * m) + lam**2 * var_p
+    n = params.n_cells
+    z = (counts.mean(0) - mean) / np.sqrt(var / n)
+    assert np.all(np.abs(z) < 4), z
+    np.testing.assert_allclose(counts.var(0), var, rtol=0.12)
+
+
+def test_realistic_twins_are_exact(realistic_small):
+    data = realistic_small
+    factual = data.factual.X.toarray()
+    # do() of nothing is the identity, bit for bit
+    same = data.counterfactual(np.arange(0, 600, 7))
+    np.testing.assert_array_equal(same.X.toarray(), factual[np.arange(0, 600, 7)])
+    # the bundle's twins are the regenerated counterfactuals
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0})
+    np.testing.assert_array_equal(twins.X.toarray(), data.counterfactuals.X.toarray())
+    # a gene no changed concept acts on keeps its factual count
+    unaffected = data.world.concept_effects[task.concept] == 0
+    assert unaffected.any()
+    np.testing.assert_array_equal(
+        twins.X.toarray()[:, unaffected], factual[task.intervene][:, unaffected]
+    )
+    assert (twins.X.toarray() != factual[task.intervene]).any()
+
+
+def test_realistic_counts_do_not_depend_on_chunks_or_threads(realistic_small):
+    params = realistic_small.params
+    other = simulate(params, seed=3, n_threads=2, chunk_size=256)
+    assert (other.factual.X != realistic_small.factual.X).nnz == 0
+    assert (other.counterfactuals.X != realistic_small.counterfactuals.X).nnz == 0
+
+
+def test_realistic_bundle_stores_its_layers(realistic_small):
+    data = realistic_small
+    np.testing.assert_array_equal(data.factual.var["dispersion"], data.world.dispersion)
+    np.testing.assert_array_equal(data.factual.obs["capture_efficiency"], data.cells.capture)
+
+
+def test_paper_presets_do_not_record_the_realistic_knobs():
+    for name in ("synthetic1", "synthetic2", "synthetic3", "causal"):
+        params = scenarios.load(name)
+        assert not params.realistic
+        assert "dispersion_trend" not in params.to_dict()
+        assert "capture_mean" not in params.to_dict()
+    assert scenarios.load("realistic").to_dict()["capture_mean"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"capture_mean": 1.5}, "capture_mean"),
+        ({"capture_mean": 0.0}, "capture_mean"),
+        ({"dispersion_trend": (-0.1, 0.0)}, "dispersion_trend"),
+        ({"baseline_law": "uniform"}, "baseline_law"),
+        ({"dispersion_sd": -1.0}, "dispersion_sd"),
+    ],
+)
+def test_bad_realistic_knobs_are_refused(change, message):
+    with pytest.raises(SimcellError, match=message):
+        SimulationParams(**change)
+
+
+def test_the_oracle_of_a_realistic_bundle_is_refused_not_wrong(realistic_small, small_dataset):
+    from simcell.simulator.posterior_realistic import is_realistic, realistic_posterior
+
+    assert is_realistic(realistic_small)
+    assert not is_realistic(small_dataset)
+    with pytest.raises(SimcellError, match="not implemented"):
+        realistic_posterior(realistic_small, realistic_small.tasks[0].intervene, None)
