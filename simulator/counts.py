@@ -189,30 +189,25 @@ def _realistic_kernel(
     tissue,
     cell_type,
     library_size,
-    concepts,
+    concept_term,
     residual,
     uniform,
     rates,
     out,
 ):  # pragma: no cover - compiled
     """Pre-capture counts: Q_NB(δ; λ, α_j) (α_j > 0) or Q_Poisson(δ; λ) (α_j = 0)."""
+    baseline, batch_effects, tissue_effects, cell_type_effects, _, noise_sd = world_arrays
     n_genes = out.shape[1]
     for row in range(out.shape[0]):
         i = local[row]
         for j in range(n_genes):
-            rate = math.exp(
-                _log_rate(
-                    world_arrays,
-                    row,
-                    j,
-                    batch,
-                    tissue,
-                    cell_type,
-                    library_size,
-                    concepts,
-                    residual[i, j],
-                )
-            )
+            acc = baseline[j] + batch_effects[batch[row], j]
+            acc += tissue_effects[tissue[row], j]
+            acc += cell_type_effects[cell_type[row], j]
+            acc += concept_term[row, j]
+            acc += library_size[row]
+            acc += noise_sd * np.float64(residual[i, j])
+            rate = math.exp(acc)
             rates[row, j] = rate
             if dispersion[j] > 0.0:
                 out[row, j] = _nb_scalar(uniform[i, j], rate, dispersion[j])
@@ -220,6 +215,81 @@ def _realistic_kernel(
                 out[row, j] = _UNCERTAIN
             else:
                 out[row, j] = _ppf_scalar(uniform[i, j], rate)
+
+
+@numba.njit(nogil=True, cache=True)
+def _concept_term_kernel(concepts, type_index, typed, pairs, out):  # pragma: no cover
+    """Σ_k v_k c_{ukj} + Σ_{k<k'} v_k v_k' d_{kk'j}, summed in a fixed order per entry."""
+    n_rows, n_concepts = concepts.shape
+    with_pairs = pairs.shape[0] > 0
+    for row in range(n_rows):
+        u = type_index[row]
+        for j in range(out.shape[1]):
+            acc = 0.0
+            for k in range(n_concepts):
+                acc += concepts[row, k] * typed[u, k, j]
+            if with_pairs:
+                for k in range(n_concepts):
+                    for k2 in range(k + 1, n_concepts):
+                        acc += concepts[row, k] * concepts[row, k2] * pairs[k, k2, j]
+            out[row, j] = acc
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptTerms:
+    """The concept part of the log-rate of realistic / graded-difficulty scenarios.
+
+    Attributes
+    ----------
+    typed : ndarray, shape (n_types, n_concepts, n_genes)
+        c_{ukj} per cell type (n_types = n_cell_types), or the shared c_kj (n_types = 1).
+    pairs : ndarray, shape (n_concepts, n_concepts, n_genes) or (0, 0, n_genes)
+        d_{kk'j}; empty when concept × concept interactions are off.
+    saturate : ndarray of bool, shape (n_concepts,)
+        Concepts entering as h·tanh(v / h) (continuous ones when h > 0).
+    saturation : float
+        h.
+    """
+
+    typed: np.ndarray
+    pairs: np.ndarray
+    saturate: np.ndarray
+    saturation: float
+
+    def __call__(self, concepts: np.ndarray, cell_type: np.ndarray) -> np.ndarray:
+        """The concept term of rows, shape (n_rows, n_genes)."""
+        v = np.array(concepts, dtype=np.float64, order="C")
+        if self.saturate.any():
+            h = self.saturation
+            v[:, self.saturate] = h * np.tanh(v[:, self.saturate] / h)
+        index = (
+            np.asarray(cell_type, dtype=np.int64)
+            if self.typed.shape[0] > 1
+            else np.zeros(len(v), dtype=np.int64)
+        )
+        out = np.empty((v.shape[0], self.typed.shape[2]))
+        _concept_term_kernel(v, index, self.typed, self.pairs, out)
+        return out
+
+
+def concept_terms(params, world: World) -> ConceptTerms:
+    """The :class:`ConceptTerms` of a simulation's world."""
+    typed = world.typed_concept_effects
+    if typed is None:
+        typed = world.concept_effects[None]
+    pairs = world.concept_pair_effects
+    if pairs is None:
+        pairs = np.zeros((0, 0, world.concept_effects.shape[1]))
+    saturate = np.array(
+        [kind == "continuous" and params.concept_saturation > 0 for kind in params.kinds],
+        dtype=bool,
+    )
+    return ConceptTerms(
+        typed=np.ascontiguousarray(typed, dtype=np.float64),
+        pairs=np.ascontiguousarray(pairs, dtype=np.float64),
+        saturate=saturate,
+        saturation=float(params.concept_saturation),
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -248,6 +318,7 @@ def chunk_thinning(seed: int, start: int, stop: int, n_genes: int) -> np.ndarray
 
 def evaluate_counts_realistic(
     arrays: tuple,
+    terms: ConceptTerms,
     dispersion: np.ndarray | None,
     rows: RowBatch,
     residual: np.ndarray,
@@ -264,6 +335,8 @@ def evaluate_counts_realistic(
     ----------
     arrays : tuple
         :func:`world_arrays`.
+    terms : ConceptTerms
+        The concept part of the log-rate.
     dispersion : ndarray, shape (n_genes,), or None
         α_j; ``None`` for Poisson counts.
     rows : RowBatch
@@ -292,7 +365,7 @@ def evaluate_counts_realistic(
         rows.tissue.astype(np.int64),
         rows.cell_type.astype(np.int64),
         np.ascontiguousarray(rows.library_size, dtype=np.float64),
-        np.ascontiguousarray(rows.concepts, dtype=np.float64),
+        terms(rows.concepts, rows.cell_type),
         residual,
         uniform,
         rates,
@@ -319,7 +392,9 @@ def evaluate_counts_realistic(
         _thinning_kernel(local, capture, thinning, out)
         bad_rows, bad_genes = np.nonzero(out == _UNCERTAIN)
         if bad_rows.size:  # recompute x (deterministic) to settle the thinning by scipy
-            full = evaluate_counts_realistic(arrays, dispersion, rows, residual, uniform, None)
+            full = evaluate_counts_realistic(
+                arrays, terms, dispersion, rows, residual, uniform, None
+            )
             n = full[bad_rows, bad_genes].astype(np.int64)
             value = np.full(bad_rows.size, _UNCERTAIN, dtype=np.int64)
             settle_binom(thinning[local[bad_rows], bad_genes], n, capture[bad_rows], value)

@@ -25,9 +25,11 @@ from simcell._device import resolve_device
 from simcell.simulator._rng import CELL_BLOCK
 from simcell.simulator.cells import CellStates
 from simcell.simulator.counts import (
+    ConceptTerms,
     RowBatch,
     chunk_noise,
     chunk_thinning,
+    concept_terms,
     evaluate_counts,
     evaluate_counts_realistic,
     map_chunks,
@@ -95,10 +97,12 @@ class CountJob:
     dispersion: np.ndarray | None = None
     #: counts are binomially thinned by the cells' capture efficiencies
     thinned: bool = False
+    #: the concept part of the log-rate of realistic scenarios (None: the paper's)
+    terms: ConceptTerms | None = None
 
     @property
     def realistic(self) -> bool:
-        return self.dispersion is not None or self.thinned
+        return self.terms is not None
 
     def noise(self, start: int, stop: int) -> tuple:
         """The exogenous draws of cells [start, stop): ε, δ and (when thinned) ν."""
@@ -109,7 +113,7 @@ class CountJob:
     def _evaluate(self, rows, residual, uniform, thinning=None) -> np.ndarray:
         if self.realistic:  # the realistic layers run on the CPU kernels (same counts)
             return evaluate_counts_realistic(
-                self.arrays, self.dispersion, rows, residual, uniform, thinning
+                self.arrays, self.terms, self.dispersion, rows, residual, uniform, thinning
             )
         if self.device == "cpu":
             return evaluate_counts(self.arrays, rows, residual, uniform)
@@ -160,6 +164,7 @@ def count_job(
         device=resolve_device(device),
         dispersion=world.dispersion,
         thinned=cells.capture is not None,
+        terms=concept_terms(params, world) if params.realistic else None,
     )
 
 

@@ -98,6 +98,17 @@ class SimulationParams:
         ``capture_mean`` and concentration κ; every count is binomially thinned,
         y_ij = Q_Bin(ν_ij; x_ij, p_i), ν_ij ~ U(0, 1). ``capture_mean = 1`` (the
         default) is no thinning.
+    interaction_sd, interaction_rank : float, int
+        Cell-type × concept interactions of rank R: the effect of concept k on
+        gene j in cell type u is c_{ukj} = c_kj + 1[c_kj ≠ 0] Σ_r a_{ur} b_{kr} g_{rj}
+        with a, b ~ N(0, 1) and g ~ N(0, interaction_sd²); 0 (default) is off, so
+        every cell type shares the concept effects.
+    concept_interaction_sd : float
+        Concept × concept interactions: Σ_{k<k'} s(v_k) s(v_k') d_{kk'j} is added to
+        the log-rate, d ~ N(0, sd²) on genes both concepts act on; 0 is off.
+    concept_saturation : float
+        Saturating response of continuous concepts: v enters the log-rate as
+        h·tanh(v / h) with h = ``concept_saturation``; 0 (default) is linear.
     """
 
     n_cells: int = 20_000
@@ -134,6 +145,10 @@ class SimulationParams:
     dispersion_sd: float = 0.0
     capture_mean: float = 1.0
     capture_concentration: float = 20.0
+    interaction_sd: float = 0.0
+    interaction_rank: int = 2
+    concept_interaction_sd: float = 0.0
+    concept_saturation: float = 0.0
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +199,7 @@ class SimulationParams:
         _check_int(self, "n_tasks", minimum=0)
         _check_int(self, "min_task_cells", minimum=1)
         _check_int(self, "corruption_level", minimum=0)
+        _check_int(self, "interaction_rank", minimum=1)
         for name in (
             "batch_effect_sd",
             "tissue_effect_sd",
@@ -192,6 +208,9 @@ class SimulationParams:
             "noise_sd",
             "baseline_log_sd",
             "dispersion_sd",
+            "interaction_sd",
+            "concept_interaction_sd",
+            "concept_saturation",
         ):
             _check_float(self, name, minimum=0.0)
         _check_float(self, "baseline_log_mean", minimum=-math.inf)
@@ -293,6 +312,8 @@ class SimulationParams:
             + self.library_size_sd_range[1] ** 2
             + self.noise_sd**2
             + self.concept_effect_sd**2 * sum(r * r for r in reach)
+            + self.interaction_sd**2 * self.interaction_rank * sum(r * r for r in reach)
+            + self.concept_interaction_sd**2 * sum(r * r for r in reach) ** 2
         )
         entries = float(self.n_cells) * float(self.n_genes)
         z = NormalDist().inv_cdf(1.0 - 1.0 / (entries + 1.0))
@@ -312,9 +333,18 @@ class SimulationParams:
         return self.capture_mean < 1.0
 
     @property
+    def interacting(self) -> bool:
+        """Whether a graded-difficulty knob (interactions, saturation) is on."""
+        return (
+            self.interaction_sd > 0
+            or self.concept_interaction_sd > 0
+            or (self.concept_saturation > 0 and "continuous" in self.kinds)
+        )
+
+    @property
     def realistic(self) -> bool:
-        """Whether any realistic count layer (overdispersion, capture) is on."""
-        return self.overdispersed or self.captured
+        """Whether any layer beyond the paper's process is on (counts or concept terms)."""
+        return self.overdispersed or self.captured or self.interacting
 
     @property
     def kinds(self) -> tuple[ConceptKind, ...]:
@@ -394,6 +424,10 @@ _REALISTIC_DEFAULTS: dict[str, Any] = {
     "dispersion_sd": 0.0,
     "capture_mean": 1.0,
     "capture_concentration": 20.0,
+    "interaction_sd": 0.0,
+    "interaction_rank": 2,
+    "concept_interaction_sd": 0.0,
+    "concept_saturation": 0.0,
 }
 
 

@@ -45,6 +45,9 @@ from simcell.simulator.world import World, draw_world
 DISPERSION = "dispersion"
 #: ``obs`` column of the cells' capture efficiency p_i (realistic bundles)
 CAPTURE_EFFICIENCY = "capture_efficiency"
+#: ``varm`` of c_{ukj} (genes x cell types * concepts) and d_{kk'j} (genes x concepts²)
+TYPED_CONCEPT_EFFECTS = "concept_effects_by_cell_type"
+CONCEPT_PAIR_EFFECTS = "concept_pair_effects"
 
 
 class Dataset:
@@ -259,6 +262,12 @@ def prepare(
         factual.var[DISPERSION] = world.dispersion
     if cells.capture is not None:
         factual.obs[CAPTURE_EFFICIENCY] = cells.capture
+    for key, effects in (
+        (TYPED_CONCEPT_EFFECTS, world.typed_concept_effects),
+        (CONCEPT_PAIR_EFFECTS, world.concept_pair_effects),
+    ):
+        if effects is not None:  # genes x (n_cell_types or n_concepts) * n_concepts
+            factual.varm[key] = np.moveaxis(effects, 2, 0).reshape(params.n_genes, -1)
     counterfactuals = counterfactual_anndata(
         factual.obs_names, None, request, task_labels, params.intervention_mode, params
     )

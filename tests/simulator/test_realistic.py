@@ -175,3 +175,57 @@ def test_the_oracle_of_a_realistic_bundle_is_refused_not_wrong(realistic_small, 
     assert not is_realistic(small_dataset)
     with pytest.raises(SimcellError, match="not implemented"):
         realistic_posterior(realistic_small, realistic_small.tasks[0].intervene, None)
+
+
+@pytest.fixture(scope="module")
+def hard_small():
+    params = scenarios.load("synthetic2-hard", n_cells=700, n_genes=60, n_tasks=1, min_task_cells=5)
+    return simulate(params, seed=5, n_threads=1)
+
+
+def test_interaction_twins_are_exact(hard_small):
+    data = hard_small
+    factual = data.factual.X.toarray()
+    index = np.arange(0, 700, 5)
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual[index])
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0}).X.toarray()
+    np.testing.assert_array_equal(twins, data.counterfactuals.X.toarray())
+    unaffected = data.world.concept_effects[task.concept] == 0
+    np.testing.assert_array_equal(twins[:, unaffected], factual[task.intervene][:, unaffected])
+
+
+def test_interactions_make_concept_effects_cell_type_specific(hard_small):
+    world = hard_small.world
+    typed = world.typed_concept_effects
+    affected = world.concept_effects != 0
+    # unaffected genes stay unaffected in every cell type; affected ones differ by type
+    assert np.all(typed[:, ~affected] == 0)
+    assert np.abs(typed[0] - typed[1])[affected].min() > 0
+    # the extra term is rank <= 2 across (cell type, concept) for each gene
+    extra = (typed - world.concept_effects[None])[:, :, 0]
+    assert np.linalg.matrix_rank(extra) <= 2
+    pairs = world.concept_pair_effects
+    assert np.all(np.tril(np.ones(pairs.shape[:2]))[:, :, None] * pairs == 0)
+
+
+def test_concept_terms_match_their_closed_form():
+    from simcell.simulator.counts import ConceptTerms
+
+    rng = np.random.default_rng(0)
+    typed, pairs = rng.normal(size=(2, 3, 4)), rng.normal(size=(3, 3, 4))
+    pairs *= np.triu(np.ones((3, 3)), k=1)[:, :, None]
+    v, u = rng.normal(size=(5, 3)), np.array([0, 1, 1, 0, 1])
+    terms = ConceptTerms(
+        typed=typed, pairs=pairs, saturate=np.array([False, True, False]), saturation=0.5
+    )
+    s = v.copy()
+    s[:, 1] = 0.5 * np.tanh(v[:, 1] / 0.5)
+    expected = np.einsum("nk,nkj->nj", s, typed[u]) + np.einsum("nk,nl,klj->nj", s, s, pairs)
+    np.testing.assert_allclose(terms(v, u), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_hard_preset_differs_from_synthetic2_only_by_its_knobs():
+    hard, base = scenarios.load("synthetic2-hard"), scenarios.load("synthetic2")
+    assert hard.replace(interaction_sd=0.0, concept_interaction_sd=0.0) == base
+    assert hard.interacting and not base.interacting
