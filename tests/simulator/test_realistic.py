@@ -168,15 +168,6 @@ def test_bad_realistic_knobs_are_refused(change, message):
         SimulationParams(**change)
 
 
-def test_the_oracle_of_a_realistic_bundle_is_refused_not_wrong(realistic_small, small_dataset):
-    from simcell.simulator.posterior_realistic import is_realistic, realistic_posterior
-
-    assert is_realistic(realistic_small)
-    assert not is_realistic(small_dataset)
-    with pytest.raises(SimcellError, match="not implemented"):
-        realistic_posterior(realistic_small, realistic_small.tasks[0].intervene, None)
-
-
 @pytest.fixture(scope="module")
 def hard_small():
     params = scenarios.load("synthetic2-hard", n_cells=700, n_genes=60, n_tasks=1, min_task_cells=5)
