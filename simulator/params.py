@@ -492,6 +492,7 @@ _BYTES_PER_CELL_TASK = 100
 _BYTES_PER_CHUNK_ENTRY = 80
 _BYTES_PER_THREAD_ENTRY = 40
 _BYTES_PER_STORED_COUNT = 8  # int32 data + int32 index
+_BYTES_PER_REALISTIC_ENTRY = 32  # estimated from the arrays, not measured
 
 
 def memory_estimate(
@@ -530,6 +531,8 @@ def memory_estimate(
     world = 3 * 8 * n_genes * groups
     rows = min(n_cells, max(CELL_BLOCK, -(-int(chunk_size) // CELL_BLOCK) * CELL_BLOCK))
     per_entry = _BYTES_PER_CHUNK_ENTRY + _BYTES_PER_THREAD_ENTRY * (max(1, n_threads) - 1)
+    if params.realistic:  # thinning uniforms, rates, int64 counts and the concept term
+        per_entry += _BYTES_PER_REALISTIC_ENTRY * max(1, n_threads)
     chunks = per_entry * rows * n_genes
     stored = _BYTES_PER_STORED_COUNT * n_cells * n_genes if counts_in_memory else 0
     return n_cells * per_cell + world + chunks + stored
