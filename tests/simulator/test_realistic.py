@@ -220,3 +220,23 @@ def test_the_hard_preset_differs_from_synthetic2_only_by_its_knobs():
     hard, base = scenarios.load("synthetic2-hard"), scenarios.load("synthetic2")
     assert hard.replace(interaction_sd=0.0, concept_interaction_sd=0.0) == base
     assert hard.interacting and not base.interacting
+
+
+def test_saturating_continuous_concepts_keep_exact_twins():
+    params = SimulationParams(
+        n_cells=400,
+        n_genes=30,
+        n_concepts=2,
+        concept_kinds=("continuous", "binary"),
+        concept_saturation=0.5,
+        n_tasks=0,
+    )
+    data = simulate(params, seed=4, n_threads=1)
+    index = np.arange(0, 400, 3)
+    factual = data.factual.X.toarray()[index]
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual)
+    # far past the saturation, doubling the concept barely moves the log-rate
+    big = data.counterfactual(index, {0: 20.0}).X.toarray()
+    np.testing.assert_array_equal(big, data.counterfactual(index, {0: 40.0}).X.toarray())
+    unaffected = data.world.concept_effects[0] == 0
+    np.testing.assert_array_equal(big[:, unaffected], factual[:, unaffected])
