@@ -92,6 +92,34 @@ def test_full_synthetic2_bundle_against_numpy_floor(benchmark, tmp_path):
 
 
 @pytest.mark.slow
+def test_full_realistic_generation_against_numpy_floor(benchmark):
+    """``realistic`` (NB + capture thinning) at full size against numpy's Poisson
+    sampler on the same pre-capture rates (target <= 3x)."""
+    params = scenarios.load("realistic").replace(n_tasks=0)
+    simulate(params.replace(n_cells=256, n_genes=50), seed=0)  # compile outside the timing
+    start = time.perf_counter()
+    data = benchmark.pedantic(lambda: simulate(params, seed=0), rounds=1, iterations=1)
+    elapsed = time.perf_counter() - start
+    world, cells = data.world, data.cells
+    rate = np.exp(
+        world.baseline
+        + world.batch_effects[cells.batch]
+        + world.tissue_effects[cells.tissue]
+        + world.cell_type_effects[cells.cell_type]
+        + cells.concepts @ world.concept_effects
+        + cells.library_size[:, None]
+    )
+    del data
+    floor = _timed(lambda: np.random.default_rng(1).poisson(rate))
+    ratio = elapsed / floor
+    benchmark.extra_info.update(
+        {"realistic_s": elapsed, "numpy_poisson_floor_s": floor, "ratio_to_floor": ratio}
+    )
+    print(f"\nrealistic {elapsed:.1f} s, numpy floor {floor:.1f} s, ratio {ratio:.2f}")
+    assert ratio < 10  # a sanity bound only; the target is read from the report
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", ["simulator", "wide"])
 def test_poisson_ppf_against_scipy(benchmark, regime):
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ import simcell
 from simcell._atomic import clear_stop, request_stop
 from simcell.cli.evaluate import evaluate
 from simcell.cli.export import export
+from simcell.cli.fit import fit
 from simcell.cli.generate import generate, scenarios
 from simcell.cli.study import study
 
@@ -47,3 +48,4 @@ main.add_command(scenarios)
 main.add_command(evaluate)
 main.add_command(export)
 main.add_command(study)
+main.add_command(fit)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from simcell import SimcellError
 from simcell.simulator._rng import CELL_BLOCK, stream
@@ -26,6 +27,8 @@ class CellStates:
         η_i, the exogenous noise of the concept SCM.
     concepts : ndarray, shape (n_cells, n_concepts)
         The factual concepts v_i.
+    capture : ndarray, shape (n_cells,), or None
+        p_i, the capture efficiency each count is thinned with; ``None``: no thinning.
     """
 
     batch: np.ndarray
@@ -34,6 +37,7 @@ class CellStates:
     library_size: np.ndarray
     concept_noise: np.ndarray
     concepts: np.ndarray
+    capture: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -86,7 +90,36 @@ def draw_cells(params: SimulationParams, world: World, seed: int) -> CellStates:
         library_size=library_size,
         concept_noise=concept_noise,
         concepts=concepts,
+        capture=draw_capture(params, seed) if params.captured else None,
     )
+
+
+def draw_capture(params: SimulationParams, seed: int) -> np.ndarray:
+    """Per-cell capture efficiencies p_i ~ Beta(m κ, (1 − m) κ) by their inverse CDF.
+
+    Each block of ``CELL_BLOCK`` cells reads its uniforms from the stream
+    ``"capture"`` of that block (a whole block is always drawn), so p_i does not
+    depend on ``n_cells`` and the paper's streams are untouched.
+
+    Parameters
+    ----------
+    params : SimulationParams
+    seed : int
+
+    Returns
+    -------
+    ndarray, shape (n_cells,)
+        p_i in (0, 1].
+    """
+    n = params.n_cells
+    uniform = np.empty(n)
+    for block, start in enumerate(range(0, n, CELL_BLOCK)):
+        stop = min(start + CELL_BLOCK, n)
+        uniform[start:stop] = stream(seed, "capture", block).random(CELL_BLOCK)[: stop - start]
+    m, kappa = params.capture_mean, params.capture_concentration
+    capture = special.betaincinv(m * kappa, (1.0 - m) * kappa, uniform)
+    # a capture of exactly 0 would erase the cell: keep it inside (0, 1]
+    return np.clip(capture, np.finfo(np.float64).tiny, 1.0)
 
 
 def solve_concepts(

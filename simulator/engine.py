@@ -25,9 +25,13 @@ from simcell._device import resolve_device
 from simcell.simulator._rng import CELL_BLOCK
 from simcell.simulator.cells import CellStates
 from simcell.simulator.counts import (
+    ConceptTerms,
     RowBatch,
     chunk_noise,
+    chunk_thinning,
+    concept_terms,
     evaluate_counts,
+    evaluate_counts_realistic,
     map_chunks,
     to_csr,
     world_arrays,
@@ -71,6 +75,7 @@ def _rows(cells: CellStates, source: np.ndarray, concepts: np.ndarray, start: in
         cell_type=cells.cell_type[source],
         library_size=cells.library_size[source],
         concepts=concepts,
+        capture=None if cells.capture is None else cells.capture[source],
     )
 
 
@@ -88,8 +93,28 @@ class CountJob:
     seed: int
     n_genes: int
     device: str = "cpu"
+    #: α_j of negative-binomial counts (None: Poisson)
+    dispersion: np.ndarray | None = None
+    #: counts are binomially thinned by the cells' capture efficiencies
+    thinned: bool = False
+    #: the concept part of the log-rate of realistic scenarios (None: the paper's)
+    terms: ConceptTerms | None = None
 
-    def _evaluate(self, rows, residual, uniform) -> np.ndarray:
+    @property
+    def realistic(self) -> bool:
+        return self.terms is not None
+
+    def noise(self, start: int, stop: int) -> tuple:
+        """The exogenous draws of cells [start, stop): ε, δ and (when thinned) ν."""
+        residual, uniform = chunk_noise(self.seed, start, stop, self.n_genes)
+        thinning = chunk_thinning(self.seed, start, stop, self.n_genes) if self.thinned else None
+        return residual, uniform, thinning
+
+    def _evaluate(self, rows, residual, uniform, thinning=None) -> np.ndarray:
+        if self.realistic:  # the realistic layers run on the CPU kernels (same counts)
+            return evaluate_counts_realistic(
+                self.arrays, self.terms, self.dispersion, rows, residual, uniform, thinning
+            )
         if self.device == "cpu":
             return evaluate_counts(self.arrays, rows, residual, uniform)
         import torch
@@ -102,18 +127,20 @@ class CountJob:
 
     def __call__(self, start: int, stop: int) -> tuple[sp.csr_matrix, sp.csr_matrix, int]:
         """Factual counts of cells [start, stop) and the twins whose source is in it."""
-        residual, uniform = chunk_noise(self.seed, start, stop, self.n_genes)
+        residual, uniform, thinning = self.noise(start, stop)
         index = np.arange(start, stop)
         factual = self._evaluate(
             _rows(self.cells, index, self.cells.concepts[start:stop], start),
             residual,
             uniform,
+            thinning,
         )
         lo, hi = np.searchsorted(self.request.source, [start, stop])
         twin = self._evaluate(
             _rows(self.cells, self.request.source[lo:hi], self.request.concepts[lo:hi], start),
             residual,
             uniform,
+            thinning,
         )
         return to_csr(factual), to_csr(twin), stop - start
 
@@ -135,6 +162,9 @@ def count_job(
         seed=seed,
         n_genes=params.n_genes,
         device=resolve_device(device),
+        dispersion=world.dispersion,
+        thinned=cells.capture is not None,
+        terms=concept_terms(params, world) if params.realistic else None,
     )
 
 
@@ -200,16 +230,16 @@ def evaluate_requests(
     scipy.sparse.csr_matrix of int32, shape (n_rows, n_genes)
         In the order of ``request``.
     """
-    arrays = world_arrays(world, params.noise_sd)
+    job = count_job(params, world, cells, seed, request)
     order = np.argsort(request.source, kind="stable")
     source = request.source[order]
     blocks = np.unique(source // CELL_BLOCK)
 
     def work(block_start: int, block_stop: int) -> sp.csr_matrix:
         lo, hi = np.searchsorted(source, [block_start, block_stop])
-        residual, uniform = chunk_noise(seed, block_start, block_stop, params.n_genes)
+        noise = job.noise(block_start, block_stop)
         rows = _rows(cells, source[lo:hi], request.concepts[order[lo:hi]], block_start)
-        return to_csr(evaluate_counts(arrays, rows, residual, uniform))
+        return to_csr(job._evaluate(rows, *noise))
 
     bounds = [(int(b) * CELL_BLOCK, min((int(b) + 1) * CELL_BLOCK, params.n_cells)) for b in blocks]
     results = list(map_chunks(work, bounds, n_workers(n_threads)))

@@ -14,6 +14,7 @@ from simcell import SimcellError
 ConceptKind = Literal["binary", "continuous"]
 InterventionMode = Literal["causal", "direct"]
 CorruptionKind = Literal["none", "missing", "irrelevant", "incorrect", "duplicate"]
+BaselineLaw = Literal["loguniform", "lognormal"]
 
 #: the largest count the bundle's int32 ``X`` can hold
 MAX_COUNT = 2**31 - 1
@@ -25,6 +26,7 @@ _LIABILITY_REACH = 7.4
 _CONCEPT_KINDS = ("binary", "continuous")
 _MODES = ("causal", "direct")
 _CORRUPTIONS = ("none", "missing", "irrelevant", "incorrect", "duplicate")
+_BASELINE_LAWS = ("loguniform", "lognormal")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +79,36 @@ class SimulationParams:
         model sees; ``corruption_p`` is the per-entry probability (removal for
         ``missing``, flip for ``incorrect``, "on" for ``irrelevant``), ``None`` for
         the kind's default (1, 0.1, 0.5).
+    baseline_law : {"loguniform", "lognormal"}
+        Law of the baseline w_j: log-uniform on ``baseline_range`` (the paper's),
+        or ``lognormal``: w_j ~ N(baseline_log_mean, baseline_log_sd²), gene
+        means over orders of magnitude as in droplet data.
+    baseline_log_mean, baseline_log_sd : float
+        Mean and sd of w_j under the ``lognormal`` law (unused otherwise).
+    dispersion_trend : (float, float)
+        (α₀, α₁) of the gene dispersion trend α(μ) = α₀ + α₁ / μ on the gene's
+        baseline mean μ = e^{w_j}; (0, 0), the default, keeps Poisson counts.
+        Otherwise the pre-capture count is negative binomial with mean λ_ij and
+        variance λ_ij + α_j λ_ij², drawn by its exact inverse CDF from δ_ij.
+    dispersion_sd : float
+        Log-normal scatter of each gene's α_j around the trend:
+        α_j = α(μ_j) · exp(dispersion_sd · z_j), z_j ~ N(0, 1).
+    capture_mean, capture_concentration : float
+        Per-cell capture efficiency p_i ~ Beta(m κ, (1 − m) κ) with mean m =
+        ``capture_mean`` and concentration κ; every count is binomially thinned,
+        y_ij = Q_Bin(ν_ij; x_ij, p_i), ν_ij ~ U(0, 1). ``capture_mean = 1`` (the
+        default) is no thinning.
+    interaction_sd, interaction_rank : float, int
+        Cell-type × concept interactions of rank R: the effect of concept k on
+        gene j in cell type u is c_{ukj} = c_kj + 1[c_kj ≠ 0] Σ_r a_{ur} b_{kr} g_{rj}
+        with a, b ~ N(0, 1) and g ~ N(0, interaction_sd²); 0 (default) is off, so
+        every cell type shares the concept effects.
+    concept_interaction_sd : float
+        Concept × concept interactions: Σ_{k<k'} s(v_k) s(v_k') d_{kk'j} is added to
+        the log-rate, d ~ N(0, sd²) on genes both concepts act on; 0 is off.
+    concept_saturation : float
+        Saturating response of continuous concepts: v enters the log-rate as
+        h·tanh(v / h) with h = ``concept_saturation``; 0 (default) is linear.
     """
 
     n_cells: int = 20_000
@@ -106,6 +138,17 @@ class SimulationParams:
     corruption: CorruptionKind = "none"
     corruption_level: int = 1
     corruption_p: float | None = None
+    baseline_law: BaselineLaw = "loguniform"
+    baseline_log_mean: float = 0.0
+    baseline_log_sd: float = 1.0
+    dispersion_trend: tuple[float, float] = (0.0, 0.0)
+    dispersion_sd: float = 0.0
+    capture_mean: float = 1.0
+    capture_concentration: float = 20.0
+    interaction_sd: float = 0.0
+    interaction_rank: int = 2
+    concept_interaction_sd: float = 0.0
+    concept_saturation: float = 0.0
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +158,9 @@ class SimulationParams:
             self,
             "library_size_sd_range",
             _pair(self.library_size_sd_range, "library_size_sd_range"),
+        )
+        object.__setattr__(
+            self, "dispersion_trend", _pair(self.dispersion_trend, "dispersion_trend")
         )
         if isinstance(self.concept_kinds, str):
             raise SimcellError(
@@ -153,14 +199,33 @@ class SimulationParams:
         _check_int(self, "n_tasks", minimum=0)
         _check_int(self, "min_task_cells", minimum=1)
         _check_int(self, "corruption_level", minimum=0)
+        _check_int(self, "interaction_rank", minimum=1)
         for name in (
             "batch_effect_sd",
             "tissue_effect_sd",
             "cell_type_effect_sd",
             "concept_effect_sd",
             "noise_sd",
+            "baseline_log_sd",
+            "dispersion_sd",
+            "interaction_sd",
+            "concept_interaction_sd",
+            "concept_saturation",
         ):
             _check_float(self, name, minimum=0.0)
+        _check_float(self, "baseline_log_mean", minimum=-math.inf)
+        _check_float(self, "capture_mean", minimum=0.0, strict=True)
+        _check_float(self, "capture_concentration", minimum=0.0, strict=True)
+        if self.capture_mean > 1:
+            raise SimcellError(f"capture_mean must be in (0, 1], got {self.capture_mean}")
+        if self.baseline_law not in _BASELINE_LAWS:
+            raise SimcellError(
+                f"baseline_law must be one of {_BASELINE_LAWS}, got {self.baseline_law!r}"
+            )
+        if min(self.dispersion_trend) < 0:
+            raise SimcellError(
+                f"dispersion_trend (a0, a1) must both be >= 0, got {self.dispersion_trend}"
+            )
         for name in (
             "concept_sparsity_alpha",
             "concept_sparsity_beta",
@@ -247,10 +312,39 @@ class SimulationParams:
             + self.library_size_sd_range[1] ** 2
             + self.noise_sd**2
             + self.concept_effect_sd**2 * sum(r * r for r in reach)
+            + self.interaction_sd**2 * self.interaction_rank * sum(r * r for r in reach)
+            + self.concept_interaction_sd**2 * sum(r * r for r in reach) ** 2
         )
         entries = float(self.n_cells) * float(self.n_genes)
         z = NormalDist().inv_cdf(1.0 - 1.0 / (entries + 1.0))
+        if self.baseline_law == "lognormal":
+            variance += self.baseline_log_sd**2
+            return self.baseline_log_mean + z * math.sqrt(variance)
         return math.log(self.baseline_range[1]) + z * math.sqrt(variance)
+
+    @property
+    def overdispersed(self) -> bool:
+        """Whether counts are negative binomial (a non-zero ``dispersion_trend``)."""
+        return any(a > 0 for a in self.dispersion_trend)
+
+    @property
+    def captured(self) -> bool:
+        """Whether counts are binomially thinned by a per-cell capture efficiency."""
+        return self.capture_mean < 1.0
+
+    @property
+    def interacting(self) -> bool:
+        """Whether a graded-difficulty knob (interactions, saturation) is on."""
+        return (
+            self.interaction_sd > 0
+            or self.concept_interaction_sd > 0
+            or (self.concept_saturation > 0 and "continuous" in self.kinds)
+        )
+
+    @property
+    def realistic(self) -> bool:
+        """Whether any layer beyond the paper's process is on (counts or concept terms)."""
+        return self.overdispersed or self.captured or self.interacting
 
     @property
     def kinds(self) -> tuple[ConceptKind, ...]:
@@ -305,6 +399,12 @@ class SimulationParams:
         out["library_size_sd_range"] = list(self.library_size_sd_range)
         out["concept_kinds"] = list(self.kinds)
         out["concept_edges"] = [list(e) for e in self.concept_edges]
+        out["dispersion_trend"] = list(self.dispersion_trend)
+        # the realistic knobs are written only when changed, so that the paper's
+        # presets keep their bundles byte for byte
+        for name in _REALISTIC_DEFAULTS:
+            if getattr(self, name) == _REALISTIC_DEFAULTS[name]:
+                del out[name]
         return out
 
     def replace(self, **changes: Any) -> SimulationParams:
@@ -313,6 +413,22 @@ class SimulationParams:
         if unknown:
             raise SimcellError(f"unknown parameter(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
+
+
+#: fields added for realistic counts and graded difficulty, with their "off" value
+_REALISTIC_DEFAULTS: dict[str, Any] = {
+    "baseline_law": "loguniform",
+    "baseline_log_mean": 0.0,
+    "baseline_log_sd": 1.0,
+    "dispersion_trend": (0.0, 0.0),
+    "dispersion_sd": 0.0,
+    "capture_mean": 1.0,
+    "capture_concentration": 20.0,
+    "interaction_sd": 0.0,
+    "interaction_rank": 2,
+    "concept_interaction_sd": 0.0,
+    "concept_saturation": 0.0,
+}
 
 
 def field_names() -> tuple[str, ...]:
@@ -376,6 +492,7 @@ _BYTES_PER_CELL_TASK = 100
 _BYTES_PER_CHUNK_ENTRY = 80
 _BYTES_PER_THREAD_ENTRY = 40
 _BYTES_PER_STORED_COUNT = 8  # int32 data + int32 index
+_BYTES_PER_REALISTIC_ENTRY = 32  # estimated from the arrays, not measured
 
 
 def memory_estimate(
@@ -414,6 +531,8 @@ def memory_estimate(
     world = 3 * 8 * n_genes * groups
     rows = min(n_cells, max(CELL_BLOCK, -(-int(chunk_size) // CELL_BLOCK) * CELL_BLOCK))
     per_entry = _BYTES_PER_CHUNK_ENTRY + _BYTES_PER_THREAD_ENTRY * (max(1, n_threads) - 1)
+    if params.realistic:  # thinning uniforms, rates, int64 counts and the concept term
+        per_entry += _BYTES_PER_REALISTIC_ENTRY * max(1, n_threads)
     chunks = per_entry * rows * n_genes
     stored = _BYTES_PER_STORED_COUNT * n_cells * n_genes if counts_in_memory else 0
     return n_cells * per_cell + world + chunks + stored

@@ -41,6 +41,14 @@ from simcell.simulator.params import InterventionMode, SimulationParams, check_m
 from simcell.simulator.tasks import Task, make_tasks
 from simcell.simulator.world import World, draw_world
 
+#: ``var`` column of the genes' negative-binomial dispersion α_j (realistic bundles)
+DISPERSION = "dispersion"
+#: ``obs`` column of the cells' capture efficiency p_i (realistic bundles)
+CAPTURE_EFFICIENCY = "capture_efficiency"
+#: ``varm`` of c_{ukj} (genes x cell types * concepts) and d_{kk'j} (genes x concepts²)
+TYPED_CONCEPT_EFFECTS = "concept_effects_by_cell_type"
+CONCEPT_PAIR_EFFECTS = "concept_pair_effects"
+
 
 class Dataset:
     """A simulated dataset: its world, every cell's exogenous state and counts.
@@ -249,6 +257,17 @@ def prepare(
     request, task_labels = _task_requests(params, world, cells, tasks)
     annotations, record = clean_annotations(params, cells, tasks, seed)
     factual = factual_anndata(params, world, cells, tasks, None, annotations)
+    # the realistic layers' world pieces, written only when on (paper bundles unchanged)
+    if world.dispersion is not None:
+        factual.var[DISPERSION] = world.dispersion
+    if cells.capture is not None:
+        factual.obs[CAPTURE_EFFICIENCY] = cells.capture
+    for key, effects in (
+        (TYPED_CONCEPT_EFFECTS, world.typed_concept_effects),
+        (CONCEPT_PAIR_EFFECTS, world.concept_pair_effects),
+    ):
+        if effects is not None:  # genes x (n_cell_types or n_concepts) * n_concepts
+            factual.varm[key] = np.moveaxis(effects, 2, 0).reshape(params.n_genes, -1)
     counterfactuals = counterfactual_anndata(
         factual.obs_names, None, request, task_labels, params.intervention_mode, params
     )

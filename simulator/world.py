@@ -43,6 +43,13 @@ class World:
         Library-size sd of each batch.
     concept_weights : ndarray, shape (n_concepts, n_concepts)
         B of the concept SCM; ``concept_weights[p, k]`` is the weight of p -> k.
+    dispersion : ndarray, shape (n_genes,), or None
+        α_j of the negative-binomial counts; ``None`` for Poisson counts.
+    typed_concept_effects : ndarray, shape (n_cell_types, n_concepts, n_genes), or None
+        c_{ukj}, the concept effects of each cell type with the low-rank
+        interaction added; ``None`` when ``interaction_sd`` is 0.
+    concept_pair_effects : ndarray, shape (n_concepts, n_concepts, n_genes), or None
+        d_{kk'j} (non-zero for k < k' only); ``None`` when ``concept_interaction_sd`` is 0.
     """
 
     baseline: np.ndarray
@@ -57,6 +64,9 @@ class World:
     concept_probability: np.ndarray
     library_size_sd: np.ndarray
     concept_weights: np.ndarray
+    dispersion: np.ndarray | None = None
+    typed_concept_effects: np.ndarray | None = None
+    concept_pair_effects: np.ndarray | None = None
 
     @property
     def concept_liability_mean(self) -> np.ndarray:
@@ -81,8 +91,13 @@ def draw_world(params: SimulationParams, seed: int) -> World:
     """
     p = params
     n_genes = p.n_genes
-    low, high = np.log(p.baseline_range[0]), np.log(p.baseline_range[1])
-    baseline = stream(seed, "baseline").uniform(low, high, size=n_genes)
+    if p.baseline_law == "lognormal":
+        baseline = stream(seed, "baseline").normal(
+            p.baseline_log_mean, p.baseline_log_sd, size=n_genes
+        )
+    else:
+        low, high = np.log(p.baseline_range[0]), np.log(p.baseline_range[1])
+        baseline = stream(seed, "baseline").uniform(low, high, size=n_genes)
     batch_effects = stream(seed, "batch_effects").normal(
         0.0, p.batch_effect_sd, (p.n_batches, n_genes)
     )
@@ -130,4 +145,66 @@ def draw_world(params: SimulationParams, seed: int) -> World:
         concept_probability=concept_probability,
         library_size_sd=library_size_sd,
         concept_weights=concept_weights,
+        dispersion=draw_dispersion(p, baseline, seed) if p.overdispersed else None,
+        **draw_interactions(p, concept_effects, seed),
     )
+
+
+def draw_interactions(params: SimulationParams, concept_effects: np.ndarray, seed: int) -> dict:
+    """The graded-difficulty interaction effects, from the stream ``"interactions"``.
+
+    c_{ukj} = c_kj + 1[c_kj ≠ 0] Σ_r a_{ur} b_{kr} g_{rj} (a, b ~ N(0, 1),
+    g ~ N(0, interaction_sd²)) and d_{kk'j} ~ N(0, concept_interaction_sd²) for
+    k < k' on genes both concepts act on; a gene no concept acts on stays
+    unaffected, so ``do()`` leaves it unchanged.
+
+    Returns
+    -------
+    dict
+        ``typed_concept_effects`` and ``concept_pair_effects`` (each ``None`` when off).
+    """
+    p = params
+    out: dict = {"typed_concept_effects": None, "concept_pair_effects": None}
+    if p.interaction_sd == 0 and p.concept_interaction_sd == 0:
+        return out
+    rng = stream(seed, "interactions")
+    rank, n_genes = p.interaction_rank, concept_effects.shape[1]
+    a = rng.standard_normal((p.n_cell_types, rank))
+    b = rng.standard_normal((p.n_concepts, rank))
+    g = rng.normal(0.0, p.interaction_sd, (rank, n_genes))
+    d = rng.normal(0.0, p.concept_interaction_sd, (p.n_concepts, p.n_concepts, n_genes))
+    affected = concept_effects != 0
+    if p.interaction_sd > 0:
+        extra = np.einsum("ur,kr,rj->ukj", a, b, g)
+        out["typed_concept_effects"] = concept_effects[None] + np.where(affected, extra, 0.0)
+    if p.concept_interaction_sd > 0:
+        both = affected[:, None, :] & affected[None, :, :]
+        upper = np.triu(np.ones((p.n_concepts, p.n_concepts), dtype=bool), k=1)[:, :, None]
+        out["concept_pair_effects"] = np.where(both & upper, d, 0.0)
+    return out
+
+
+def draw_dispersion(params: SimulationParams, baseline: np.ndarray, seed: int) -> np.ndarray:
+    """Gene dispersions α_j = (α₀ + α₁ / e^{w_j}) · exp(s z_j), z_j ~ N(0, 1).
+
+    The trend on the gene's baseline mean (dispersion falls with expression, to
+    the asymptote α₀) is the one fitted to droplet data by edgeR / DESeq2; the
+    log-normal scatter s is ``dispersion_sd``. Drawn from the stream
+    ``"dispersion"``.
+
+    Parameters
+    ----------
+    params : SimulationParams
+    baseline : ndarray, shape (n_genes,)
+        w_j.
+    seed : int
+
+    Returns
+    -------
+    ndarray, shape (n_genes,)
+        α_j > 0.
+    """
+    asymptote, extra = params.dispersion_trend
+    trend = asymptote + extra * np.exp(-baseline)
+    scatter = stream(seed, "dispersion").standard_normal(baseline.size)
+    return np.maximum(trend * np.exp(params.dispersion_sd * scatter), 1e-12)
