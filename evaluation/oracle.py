@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simcell.simulator import CellPosterior, TwinPosterior, cell_posterior
+from simcell.simulator.posterior_realistic import is_realistic, realistic_posterior
 
 
 def oracle_posterior(bundle, intervene: np.ndarray, intervention) -> TwinPosterior:
@@ -42,7 +43,12 @@ def oracle_posterior(bundle, intervene: np.ndarray, intervention) -> TwinPosteri
     Returns
     -------
     TwinPosterior
+        Or, for a bundle with overdispersion or capture (``realistic`` counts),
+        the posterior of :mod:`simcell.simulator.posterior_realistic`, which has
+        the same methods.
     """
+    if is_realistic(bundle):
+        return realistic_posterior(bundle, intervene, intervention)
     return TwinPosterior(cell_posterior(bundle, intervene), intervention)
 
 
