@@ -766,7 +766,14 @@ def _evaluate_task(
             rows += _population_rows(
                 data, HELDOUT, data.heldout_pcs, base, pops, paired=False, classify=False
             )
-    if truth is not None:
+    oracle = schema.process_name(bundle.factual) == schema.PROCESS_CONCEPT_LATENT
+    if truth is not None and not oracle:
+        log.info(
+            "%s: no oracle for process %s; oracle rows skipped",
+            name,
+            schema.process_name(bundle.factual),
+        )
+    if truth is not None and oracle:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):
             if cells:

@@ -9,6 +9,9 @@ from typing import Any
 
 from simcell import SimcellError
 from simcell.simulator.params import SimulationParams, field_names
+from simcell.simulator.perturb import PROCESS as PROCESS_PERTURB
+from simcell.simulator.perturb import PerturbParams
+from simcell.simulator.perturb import field_names as perturb_field_names
 
 _PACKAGE = "simcell.scenarios"
 _META_KEYS = ("extends",)
@@ -60,6 +63,8 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
     """Like :func:`load`, also returning the scenario's name (file stem for a file)."""
     data, label = _read_toml(str(name_or_path), (), None)
     data.update(overrides)
+    if data.get("process") == PROCESS_PERTURB:  # a second process: its own parameters
+        return _load_perturb(data, label, name_or_path)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         raise SimcellError(f"scenario {name_or_path}: unknown key(s) {', '.join(unknown)}")
@@ -71,6 +76,18 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
         field = max((k for k in field_names() if text.startswith(k)), key=len, default=None)
         source = "override" if field in overrides else f"scenario {label}"
         raise SimcellError(f"{source}: {text}") from None
+
+
+def _load_perturb(data: dict, label: str, name_or_path: str) -> tuple[PerturbParams, str]:
+    data = {k: v for k, v in data.items() if k != "description"}
+    unknown = sorted(set(data) - set(perturb_field_names()))
+    if unknown:
+        raise SimcellError(f"scenario {name_or_path}: unknown key(s) {', '.join(unknown)}")
+    name = label if label in available() else Path(label).stem
+    try:
+        return PerturbParams(**data), name
+    except (SimcellError, TypeError) as error:
+        raise SimcellError(f"scenario {label}: {error}") from None
 
 
 def load(name_or_path: str, **overrides: Any) -> SimulationParams:

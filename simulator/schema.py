@@ -63,6 +63,20 @@ PARAM_NOISE_SD, PARAM_INTERVENTION_MODE = "noise_sd", "intervention_mode"
 PARAM_CORRUPTION, PARAM_CORRUPTION_LEVEL = "corruption", "corruption_level"
 PARAM_CORRUPTION_P = "corruption_p"
 
+#: the generative process that wrote a bundle: uns[UNS][UNS_PROCESS] (absent: concept-latent)
+UNS_PROCESS = "process"
+PROCESS_CONCEPT_LATENT, PROCESS_PERTURB = "concept-latent", "perturb-identifiability"
+#: obsm[LATENT_PREFIX + name]: a true latent (n_cells, d) a process stores for latent metrics
+LATENT_PREFIX = "simcell_latent_"
+#: split label of cells in no population of a task (perturb-identifiability: other doubles)
+EXCLUDED = "excluded"
+#: uns[UNS][UNS_PERTURB]: the perturb-identifiability world (B, Γ, shifts, mixing, ...)
+UNS_PERTURB = "perturb"
+PERTURB_SCM_WEIGHTS, PERTURB_COUPLING, PERTURB_SHIFTS = "scm_weights", "coupling", "shifts"
+PERTURB_DOUBLES, PERTURB_CELL_TYPE_MEANS = "doubles", "cell_type_means"
+PERTURB_INVARIANT_GENES, PERTURB_RESPONSIVE_GENES = "invariant_genes", "responsive_genes"
+PERTURB_MIXING_INVARIANT, PERTURB_MIXING_RESPONSIVE = "mixing_invariant", "mixing_responsive"
+
 # ----------------------------------------------------------------------------- counterfactual.h5ad
 #: obs columns of the ground truth: its task, its factual cell and the intervention mode
 TRUTH_TASK, TRUTH_SOURCE_CELL, TRUTH_MODE = "task", "source_cell", "mode"
@@ -83,6 +97,11 @@ InterventionMode = Literal["causal", "direct"]
 def concept_name(index: int) -> str:
     """The name of concept ``index`` (``concept_<index>``)."""
     return f"concept_{int(index)}"
+
+
+def latent_key(name: str) -> str:
+    """The obsm key of true latent ``name`` (``simcell_latent_<name>``)."""
+    return f"{LATENT_PREFIX}{name}"
 
 
 def split_column(task: str) -> str:
@@ -196,6 +215,20 @@ def scenario_corruption(factual: ad.AnnData) -> tuple[str, int, float | None]:
     if kind == "none" or level == 0:
         return "none", 0, None
     return kind, level, None if p is None else float(p)
+
+
+def process_name(factual: ad.AnnData) -> str:
+    """The process that generated the bundle (``concept-latent`` when none is recorded)."""
+    return str(_meta(factual).get(UNS_PROCESS, PROCESS_CONCEPT_LATENT))
+
+
+def true_latents(factual: ad.AnnData) -> dict[str, np.ndarray]:
+    """The true latents a process stored, by name (``{}`` when none), each (n_cells, d)."""
+    return {
+        key.removeprefix(LATENT_PREFIX): np.asarray(value, dtype=np.float64)
+        for key, value in factual.obsm.items()
+        if key.startswith(LATENT_PREFIX)
+    }
 
 
 def scenario_name(factual: ad.AnnData) -> str:
