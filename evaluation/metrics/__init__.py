@@ -17,7 +17,9 @@ module:
   ``nmi`` / ``ari(embedding, cell_types)``; :func:`concept_leakage` (not
   registered: it returns a table, not one number).
 * :mod:`~simcell.evaluation.metrics.identifiability` — ``linear_r2`` /
-  ``mcc(embedding, concepts_true)``.
+  ``mcc(embedding, concepts_true)``; per block of a Representation
+  ``block_r2`` / ``block_r2_kernel`` / ``latent_mcc(embedding, latent_true)``
+  and :func:`identifiability_table` (recovery and leakage of every block).
 
 Inputs containing NaN or infinite values, or with mismatched shapes, raise
 :class:`simcell.SimcellError` with a one-line message. Stochastic metrics take an
@@ -50,7 +52,13 @@ from simcell.evaluation.metrics.distribution import (
     mmd,
     sinkhorn_divergence,
 )
-from simcell.evaluation.metrics.identifiability import linear_r2, mcc
+from simcell.evaluation.metrics.identifiability import (
+    block_r2,
+    identifiability_table,
+    latent_mcc,
+    linear_r2,
+    mcc,
+)
 from simcell.evaluation.metrics.ratios import rfid, rmmd, rsd
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
     "ConceptLeakage",
     "Metric",
     "ari",
+    "block_r2",
     "bootstrap_ci",
     "concept_accuracy",
     "concept_f1",
@@ -67,7 +76,9 @@ __all__ = [
     "frechet_distance",
     "frechet_from_moments",
     "get_metric",
+    "identifiability_table",
     "knn_accuracy",
+    "latent_mcc",
     "linear_r2",
     "list_metrics",
     "mae",

@@ -26,6 +26,7 @@ that one context serves every metric:
 ``embedding``        a model's representation of cells, (n_cells, n_latent)
 ``concepts_true``    true concept values of those cells, (n_cells, n_concepts)
 ``cell_types``       cell type of those cells, shape (n_cells,)
+``latent_true``      a true latent of those cells the simulator stored, (n_cells, d)
 ===================  ==========================================================
 """
 
@@ -55,6 +56,7 @@ METRIC_INPUTS: frozenset[str] = frozenset(
         "embedding",
         "concepts_true",
         "cell_types",
+        "latent_true",
     }
 )
 

@@ -28,6 +28,9 @@ EXPECTED = {
     "ari": ("higher", "latent"),
     "linear_r2": ("higher", "latent"),
     "mcc": ("higher", "latent"),
+    "block_r2": ("higher", "latent"),
+    "block_r2_kernel": ("higher", "latent"),
+    "latent_mcc": ("higher", "latent"),
 }
 
 # The inputs every family declares: the vocabulary a runner's context is built from.
@@ -38,6 +41,7 @@ EXPECTED_INPUTS = {
     "knn_accuracy": ("pred", "reference", "reference_labels", "target_label"),
     "concepts": ("embedding", "concepts_true"),
     "clusters": ("embedding", "cell_types"),
+    "blocks": ("embedding", "latent_true"),
 }
 
 
@@ -48,6 +52,8 @@ def _family(name: str) -> str:
         return "clusters"
     if name in ("concept_accuracy", "concept_f1", "linear_r2", "mcc"):
         return "concepts"
+    if name in ("block_r2", "block_r2_kernel", "latent_mcc"):
+        return "blocks"
     if name == "knn_accuracy":
         return name
     return EXPECTED[name][1]
