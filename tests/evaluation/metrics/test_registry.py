@@ -111,6 +111,7 @@ def test_a_runner_can_call_every_metric_from_one_context(rng):
     }
     context["concepts_true"] = context["embedding"][:, :1].astype(int)
     context["cell_types"] = context["concepts_true"][:, 0]
+    context["latent_true"] = rng.normal(size=(30, 2))
     for metric in metrics.list_metrics():
         assert set(metric.inputs) <= set(context)
         value = metric.fn(
