@@ -27,6 +27,7 @@ from .flow_models import (
     VanillaFMDecode,
     VanillaFMEdit,
 )
+from .perturbed_vae import PerturbedVAE, PerturbedVAENoAlign
 from .sccbgm import CBGM, SCCBGM
 
 __all__ = [
@@ -58,6 +59,8 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         SCCBGMFMDecode,
         CVAEFMEdit,
         CVAEFMDecode,
+        PerturbedVAE,
+        PerturbedVAENoAlign,
     )
 }
 

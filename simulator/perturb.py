@@ -128,11 +128,11 @@ class PerturbParams:
     invariant_coupling: float = 0.3
     mixing: MixingKind = "mlp"
     mixing_layers: int = 2
-    leaky_slope: float = 0.2
-    mixing_scale: float = 0.6
+    leaky_slope: float = 0.5
+    mixing_scale: float = 1.0
     mixing_density: float = 1.0
     responsive_gene_fraction: float = 0.5
-    baseline_log_range: tuple[float, float] = (0.5, 2.0)
+    baseline_log_range: tuple[float, float] = (1.5, 3.0)
     library_size_sd: float = 0.2
     noise_sd: float = 0.0
     n_double_tasks: int = 2

@@ -30,6 +30,8 @@ EXPECTED_MODELS = {
     "sccbgm_fm_decode",
     "cvae_fm_edit",
     "cvae_fm_decode",
+    "perturbed_vae",
+    "perturbed_vae_noalign",
 }
 
 
@@ -179,6 +181,8 @@ def test_representation_flags() -> None:
         "sccbgm_fm_decode",
         "cvae_fm_edit",
         "cvae_fm_decode",
+        "perturbed_vae",
+        "perturbed_vae_noalign",
     }
 
 

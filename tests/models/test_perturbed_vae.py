@@ -1,0 +1,145 @@
+"""PerturbedVAE on counts: the interface, the latent SCM, checkpoints, identifiability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from simcell import SimcellError
+from simcell.models import create_model, get_preset, load_model
+from simcell.simulator.perturb import PerturbParams, simulate
+
+TINY = dict(
+    n_genes=30,
+    n_perturbations=3,
+    d_invariant=3,
+    d_responsive=3,
+    n_controls=200,
+    n_per_single=60,
+    n_per_double=30,
+    n_doubles=2,
+    n_double_tasks=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    dataset = simulate(PerturbParams(**TINY), seed=1)
+    x = dataset.factual.X.toarray().astype(np.float32)
+    u = dataset.cells.perturbations.astype(np.float32)
+    train = dataset.tasks[0].split == "train"
+    return dataset, x, u, train
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    _, x, u, train = tiny
+    return create_model(
+        "perturbed_vae", device="cpu", seed=0, progress_bar=False, max_epochs=3
+    ).fit(x[train], u[train])
+
+
+def test_counterfactual_gives_finite_expected_counts(fitted, tiny):
+    dataset, x, u, _ = tiny
+    task = dataset.tasks[0]
+    cells = task.intervene
+    target = u[cells].copy()
+    target[:, task.concept] = 1
+    prediction = fitted.counterfactual(x[cells], u[cells], target)
+    assert prediction.shape == x[cells].shape and prediction.dtype == np.float32
+    assert np.all(np.isfinite(prediction)) and np.all(prediction >= 0)
+    # expected counts keep each cell's library size (softmax rates x total counts)
+    np.testing.assert_allclose(prediction.sum(axis=1), x[cells].sum(axis=1), rtol=1e-4)
+    missing = u[cells].copy()
+    missing[::2, 0] = np.nan
+    assert np.all(np.isfinite(fitted.counterfactual(x[cells], missing, target)))
+
+
+def test_encode_returns_the_two_blocks_and_their_targets(fitted, tiny):
+    _, x, u, _ = tiny
+    representation = fitted.encode(x[:50], u[:50])
+    assert set(representation.blocks) == {"invariant", "responsive"}
+    assert representation.blocks["invariant"].shape == (50, fitted.config.invariant_dim)
+    assert representation.blocks["responsive"].shape == (50, TINY["n_perturbations"])
+    assert dict(representation.targets) == {
+        "invariant": "z_invariant",
+        "responsive": "z_responsive",
+    }
+
+
+def test_the_learned_scm_is_a_dag_and_doubles_compose(fitted):
+    module = fitted.module_
+    b = module.weights().detach()
+    assert torch.all(torch.triu(b) == 0)
+    with torch.no_grad():
+        none, e0, e1 = torch.zeros(1, 3), torch.eye(3)[:1], torch.eye(3)[1:2]
+
+        def effect(u):
+            return module.solve(module.embedding(u) - module.embedding(none))
+
+        torch.testing.assert_close(effect(e0 + e1), effect(e0) + effect(e1))
+
+
+def test_do_nothing_decodes_the_abducted_cell(fitted, tiny):
+    _, x, u, _ = tiny
+    module = fitted.module_
+    with torch.no_grad():
+        xt, ut = torch.as_tensor(x[:20]), torch.as_tensor(u[:20])
+        z_i, z_r = module.encode(xt, ut)
+        library = xt.sum(-1, keepdim=True)
+        expected = torch.exp(module.log_rates(z_i, z_r, library)).numpy()
+    np.testing.assert_array_equal(fitted.counterfactual(x[:20], u[:20], u[:20]), expected)
+
+
+def test_checkpoint_round_trip(fitted, tiny, tmp_path):
+    _, x, u, _ = tiny
+    fitted.save(tmp_path / "pvae.pt")
+    loaded = load_model(tmp_path / "pvae.pt", device="cpu")
+    assert loaded.name == "perturbed_vae" and loaded.config == fitted.config
+    np.testing.assert_array_equal(
+        loaded.counterfactual(x[:10], u[:10], u[:10] * 0 + 1),
+        fitted.counterfactual(x[:10], u[:10], u[:10] * 0 + 1),
+    )
+
+
+def test_the_presets():
+    paper = get_preset("perturbed_vae", "paper")
+    assert (paper.learning_rate, paper.batch_size, paper.max_epochs, paper.hidden_dim) == (
+        1e-4,
+        64,
+        100,
+        256,
+    )
+    assert paper.alignment == 0.05
+    for preset in ("fast", "synthetic", "paper"):
+        assert get_preset("perturbed_vae_noalign", preset).alignment == 0.0
+        assert get_preset("perturbed_vae_noalign", preset) == get_preset(
+            "perturbed_vae", preset
+        ).replace(alignment=0.0)
+
+
+def test_pca_input_is_refused_with_one_line(tiny):
+    _, x, u, _ = tiny
+    model = create_model("perturbed_vae", device="cpu", progress_bar=False, max_epochs=1)
+    with pytest.raises(SimcellError, match="counts"):
+        model.fit(x - x.mean(axis=0), u)
+
+
+def test_nb_likelihood_trains(tiny):
+    _, x, u, train = tiny
+    model = create_model(
+        "perturbed_vae", device="cpu", progress_bar=False, max_epochs=2, likelihood="nb"
+    ).fit(x[train], u[train])
+    assert np.all(np.isfinite(model.history_.train_loss))
+
+
+@pytest.mark.gpu
+def test_runs_on_cuda(cuda_device, tiny):
+    _, x, u, train = tiny
+    model = create_model(
+        "perturbed_vae", device=cuda_device, seed=0, progress_bar=False, max_epochs=3
+    ).fit(x[train], u[train])
+    assert next(model.module_.parameters()).is_cuda
+    prediction = model.counterfactual(x[:50], u[:50], np.ones_like(u[:50]))
+    assert np.all(np.isfinite(prediction))
