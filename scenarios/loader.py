@@ -128,7 +128,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise SimcellError(f"--set expects key=value, got {text!r}")
-    if key not in field_names():
+    if key not in field_names() and key not in perturb_field_names():
         raise SimcellError(f"--set: unknown parameter {key!r}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]

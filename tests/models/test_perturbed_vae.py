@@ -143,3 +143,94 @@ def test_runs_on_cuda(cuda_device, tiny):
     assert next(model.module_.parameters()).is_cuda
     prediction = model.counterfactual(x[:50], u[:50], np.ones_like(u[:50]))
     assert np.all(np.isfinite(prediction))
+
+
+# ----------------------------------------------------------------------------- identifiability
+#
+# Measured on the data below (seeds 0, 1, 2; fast preset, CPU; ~1,850 train cells):
+#
+#                          invariant R² (z_ι)   responsive MCC (z_ν)   leakage R² (z_ν | inv.)
+#   perturbed_vae          0.729 0.775 0.684    0.459 0.439 0.667      0.621 0.839 0.789
+#   perturbed_vae_noalign  0.745 0.762 0.675    0.497 0.488 0.597      0.587 0.852 0.789
+#   single environment     0.714 0.767 0.728    0.526 0.344 0.627      0.607 0.795 0.808
+#     (perturbed_vae trained on the ~400 controls alone)
+#
+# Random latents score R² ≈ 0 and MCC ≈ 0.03 at this size (metric tests). So the
+# blocks do recover both latents far above chance, but the paper's effect of the
+# alignment (invariant R² 0.97 vs 0.66) is NOT reproduced here: the difference is
+# 0.002 ± 0.015 over the 3 seeds, and the single-environment control is not
+# measurably worse. The tests assert what was measured.
+
+IDENTIFIABILITY = dict(n_genes=100, n_controls=400, n_per_single=150, n_per_double=60)
+#: below the smallest of the 9 measured invariant R² (0.675) and responsive MCC (0.344)
+INVARIANT_R2_FLOOR, RESPONSIVE_MCC_FLOOR = 0.6, 0.3
+
+
+def _recovery(name: str, seed: int, *, controls_only: bool = False, **overrides):
+    from simcell.evaluation import metrics
+
+    dataset = simulate(PerturbParams(**IDENTIFIABILITY), seed=seed)
+    train = np.flatnonzero(dataset.tasks[0].split == "train")
+    x = dataset.factual.X.toarray().astype(np.float32)
+    u = dataset.cells.perturbations.astype(np.float32)
+    fit_cells = train[u[train].sum(axis=1) == 0] if controls_only else train
+    model = create_model(name, device="cpu", seed=seed, progress_bar=False, **overrides)
+    model.fit(x[fit_cells], u[fit_cells])
+    blocks = model.encode(x[train], u[train]).blocks
+    z_invariant, z_responsive = dataset.cells.z_invariant[train], dataset.z_responsive[train]
+    return {
+        "invariant_r2": metrics.block_r2(blocks["invariant"], z_invariant),
+        "responsive_mcc": metrics.latent_mcc(blocks["responsive"], z_responsive),
+    }
+
+
+def test_the_blocks_recover_both_latents_far_above_chance():
+    scores = _recovery("perturbed_vae", 0, max_epochs=20)
+    assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
+    assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+
+
+def test_without_controls_the_alignment_has_nothing_to_align(tiny):
+    """The negative control of the alignment: with no control cells (u = 0) in the
+    training data, perturbed_vae is perturbed_vae_noalign, weight for weight."""
+    _, x, u, train = tiny
+    perturbed = train & (u.sum(axis=1) > 0)
+    models = [
+        create_model(name, device="cpu", seed=3, progress_bar=False, max_epochs=2).fit(
+            x[perturbed], u[perturbed]
+        )
+        for name in ("perturbed_vae", "perturbed_vae_noalign")
+    ]
+    for a, b in zip(
+        models[0].module_.state_dict().values(),
+        models[1].module_.state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # ... while with controls the alignment changes the fit
+    aligned = create_model(
+        "perturbed_vae", device="cpu", seed=3, progress_bar=False, max_epochs=2
+    ).fit(x[train], u[train])
+    unaligned = create_model(
+        "perturbed_vae_noalign", device="cpu", seed=3, progress_bar=False, max_epochs=2
+    ).fit(x[train], u[train])
+    assert not np.array_equal(
+        aligned.encode(x[:20], u[:20]).blocks["invariant"],
+        unaligned.encode(x[:20], u[:20]).blocks["invariant"],
+    )
+
+
+@pytest.mark.slow
+def test_alignment_over_three_seeds_as_measured():
+    """The paper's 0.97 vs 0.66 is not reproduced (see the table above): both
+    variants recover z_ι alike; this pins the measured relation, so a change that
+    makes the alignment matter shows up here."""
+    align = [_recovery("perturbed_vae", seed) for seed in range(3)]
+    noalign = [_recovery("perturbed_vae_noalign", seed) for seed in range(3)]
+    for scores in align + noalign:
+        assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
+        assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+    gap = np.mean(
+        [a["invariant_r2"] - b["invariant_r2"] for a, b in zip(align, noalign, strict=True)]
+    )
+    assert abs(gap) < 0.05
