@@ -15,7 +15,8 @@ labels u ∈ {0, 1}^P (the concepts; controls have u = 0):
 
 Counterfactual: abduct z_ι and ε (posterior means) from the cell, push the new u
 through the learned SCM, z_ν' = z_ν + (I − B)⁻¹ E (u' − u), decode with the
-cell's own library size: the expected counts.
+cell's own library size: the expected counts (``residual_abduction``: the
+cell's counts scaled by the ratio of new to old rates, keeping its own noise).
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class PerturbedVAEConfig(NeuralConfig):
         Count likelihood on the library-normalised rates (``nb``: one learnable
         dispersion per gene).
     dropout : float
+    residual_abduction : bool
+        ``False``: predict the expected counts under the new u. ``True``: also
+        abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
+        (each gene's counts scaled by its rate ratio), as the CVAE does in PCA space.
     """
 
     hidden_dim: int
@@ -101,6 +106,7 @@ class PerturbedVAEConfig(NeuralConfig):
     beta: float = 1.0
     likelihood: Likelihood = "poisson"
     dropout: float = 0.0
+    residual_abduction: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +138,7 @@ PERTURBED_VAE_PRESETS: dict[str, PerturbedVAEConfig] = {
         max_epochs=100,
         batch_size=128,
         lr_decay=1.0,
+        residual_abduction=True,
     ),
     "fast": PerturbedVAEConfig(
         hidden_dim=64,
@@ -143,6 +150,7 @@ PERTURBED_VAE_PRESETS: dict[str, PerturbedVAEConfig] = {
         max_steps=FAST_MAX_STEPS,
         batch_size=128,
         lr_decay=1.0,
+        residual_abduction=True,
     ),
 }
 
@@ -273,7 +281,10 @@ class PerturbedVAEModule(nn.Module):
         shift = self.embedding(target) - self.embedding(u)
         z_new = z_r + self.solve(shift)
         library = x.sum(dim=-1, keepdim=True).clamp_min(1.0)
-        return torch.exp(self.log_rates(z_i, z_new, library))
+        log_rate = self.log_rates(z_i, z_new, library)
+        if self.config.residual_abduction:
+            return x * torch.exp(log_rate - self.log_rates(z_i, z_r, library))
+        return torch.exp(log_rate)
 
 
 class PerturbedVAE(NeuralModel):
@@ -349,7 +360,8 @@ class PerturbedVAE(NeuralModel):
         return x, concepts, target
 
     def counterfactual(self, x, concepts, target_concepts) -> np.ndarray:
-        """Expected counts of each cell under ``target_concepts``, shape (n_cells, n_genes)."""
+        """Each cell's counts under ``target_concepts``: expected counts, or with
+        ``residual_abduction`` the cell's counts times the rate ratio; (n_cells, n_genes)."""
         x, concepts, target = self._inputs(x, concepts, target_concepts)
         return map_batches(self.module_.counterfactual, x, concepts, target, device=self.device_)
 

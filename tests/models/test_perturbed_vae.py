@@ -36,7 +36,12 @@ def tiny():
 def fitted(tiny):
     _, x, u, train = tiny
     return create_model(
-        "perturbed_vae", device="cpu", seed=0, progress_bar=False, max_epochs=3
+        "perturbed_vae",
+        device="cpu",
+        seed=0,
+        progress_bar=False,
+        max_epochs=3,
+        residual_abduction=False,
     ).fit(x[train], u[train])
 
 
@@ -90,6 +95,20 @@ def test_do_nothing_decodes_the_abducted_cell(fitted, tiny):
         library = xt.sum(-1, keepdim=True)
         expected = torch.exp(module.log_rates(z_i, z_r, library)).numpy()
     np.testing.assert_array_equal(fitted.counterfactual(x[:20], u[:20], u[:20]), expected)
+
+
+def test_residual_abduction_keeps_the_cell_and_scales_it_by_the_rate_ratio(fitted, tiny):
+    _, x, u, _ = tiny
+    residual = create_model("perturbed_vae", device="cpu", residual_abduction=True)
+    residual._set_state(fitted._get_state())
+    np.testing.assert_allclose(residual.counterfactual(x[:20], u[:20], u[:20]), x[:20], rtol=1e-6)
+    target = np.ones_like(u[:20])
+    ratio = fitted.counterfactual(x[:20], u[:20], target) / fitted.counterfactual(
+        x[:20], u[:20], u[:20]
+    )
+    np.testing.assert_allclose(
+        residual.counterfactual(x[:20], u[:20], target), x[:20] * ratio, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_checkpoint_round_trip(fitted, tiny, tmp_path):
