@@ -244,3 +244,20 @@ def test_a_scenario_with_an_unknown_key_is_refused(tmp_path):
     path.write_text('process = "perturb-identifiability"\nn_concepts = 3\n')
     with pytest.raises(SimcellError, match="unknown key"):
         scenarios.load(str(path))
+
+
+def test_the_harness_scores_a_perturb_bundle_without_oracle_rows(tmp_path, caplog):
+    import logging
+
+    from simcell.evaluation import evaluate
+
+    params = PerturbParams(**{**SMALL, "n_double_tasks": 1})
+    generate_bundle(params, 0, tmp_path / "b", scenario="test")
+    with caplog.at_level(logging.INFO, logger="simcell.evaluation.harness"):
+        table = evaluate(
+            tmp_path / "b", models=["mean_shift"], n_components=10, n_boot=50, device="cpu"
+        )
+    assert {"identity", "mean_shift", "heldout"} <= set(table["model"])
+    assert not {"oracle", "oracle_sample", "noise_floor"} & set(table["model"])
+    assert "no oracle for process perturb-identifiability" in caplog.text
+    assert table["value"].notna().any()
