@@ -239,7 +239,6 @@ def test_without_controls_the_alignment_has_nothing_to_align(tiny):
     )
 
 
-@pytest.mark.slow
 def test_alignment_over_three_seeds_as_measured():
     """The paper's 0.97 vs 0.66 is not reproduced (see the table above): both
     variants recover z_ι alike; this pins the measured relation, so a change that
