@@ -30,6 +30,7 @@ from .flow_models import (
     VanillaFMEdit,
 )
 from .lcd import LCD
+from .perturbed_vae import PerturbedVAE, PerturbedVAENoAlign
 from .sccbgm import CBGM, SCCBGM
 from .scgen import SCGen
 
@@ -70,6 +71,8 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         CinemaOT,
         CausCell,
         CausCellIND,
+        PerturbedVAE,
+        PerturbedVAENoAlign,
     )
 }
 

@@ -9,6 +9,9 @@ from typing import Any
 
 from simcell import SimcellError
 from simcell.simulator.params import SimulationParams, field_names
+from simcell.simulator.perturb import PROCESS as PROCESS_PERTURB
+from simcell.simulator.perturb import PerturbParams
+from simcell.simulator.perturb import field_names as perturb_field_names
 
 _PACKAGE = "simcell.scenarios"
 _META_KEYS = ("extends",)
@@ -62,6 +65,8 @@ def load_with_name(name_or_path: str, **overrides: Any) -> tuple[SimulationParam
     data.update(overrides)
     if data.get("process", "concept-latent") == "linear-sde":  # its own parameters
         return _load_linear_sde(data, label, overrides)
+    if data.get("process") == PROCESS_PERTURB:  # a second process: its own parameters
+        return _load_perturb(data, label, name_or_path)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         raise SimcellError(f"scenario {name_or_path}: unknown key(s) {', '.join(unknown)}")
@@ -88,6 +93,18 @@ def _load_linear_sde(data: dict, label: str, overrides: dict) -> tuple[Any, str]
     except (SimcellError, TypeError) as error:
         source = "override" if overrides else f"scenario {label}"
         raise SimcellError(f"{source}: {error}") from None
+
+
+def _load_perturb(data: dict, label: str, name_or_path: str) -> tuple[PerturbParams, str]:
+    data = {k: v for k, v in data.items() if k != "description"}
+    unknown = sorted(set(data) - set(perturb_field_names()))
+    if unknown:
+        raise SimcellError(f"scenario {name_or_path}: unknown key(s) {', '.join(unknown)}")
+    name = label if label in available() else Path(label).stem
+    try:
+        return PerturbParams(**data), name
+    except (SimcellError, TypeError) as error:
+        raise SimcellError(f"scenario {label}: {error}") from None
 
 
 def load(name_or_path: str, **overrides: Any) -> SimulationParams:
@@ -130,7 +147,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SimcellError(f"--set expects key=value, got {text!r}")
     from simcell.simulator.linear_sde import field_names as linear_sde_fields
 
-    if key not in field_names() and key not in linear_sde_fields():
+    known = (*field_names(), *linear_sde_fields(), *perturb_field_names())
+    if key not in known:
         raise SimcellError(f"--set: unknown parameter {key!r}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]

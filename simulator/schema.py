@@ -68,6 +68,17 @@ PARAM_NOISE_SD, PARAM_INTERVENTION_MODE = "noise_sd", "intervention_mode"
 PARAM_CORRUPTION, PARAM_CORRUPTION_LEVEL = "corruption", "corruption_level"
 PARAM_CORRUPTION_P = "corruption_p"
 
+#: the processes that write bundles (uns[UNS][UNS_PROCESS])
+PROCESS_CONCEPT_LATENT, PROCESS_PERTURB = CONCEPT_LATENT, "perturb-identifiability"
+#: split label of cells in no population of a task (perturb-identifiability: other doubles)
+EXCLUDED = "excluded"
+#: uns[UNS][UNS_PERTURB]: the perturb-identifiability world (B, Γ, shifts, mixing, ...)
+UNS_PERTURB = "perturb"
+PERTURB_SCM_WEIGHTS, PERTURB_COUPLING, PERTURB_SHIFTS = "scm_weights", "coupling", "shifts"
+PERTURB_DOUBLES, PERTURB_CELL_TYPE_MEANS = "doubles", "cell_type_means"
+PERTURB_INVARIANT_GENES, PERTURB_RESPONSIVE_GENES = "invariant_genes", "responsive_genes"
+PERTURB_MIXING_INVARIANT, PERTURB_MIXING_RESPONSIVE = "mixing_invariant", "mixing_responsive"
+
 # ----------------------------------------------------------------------------- counterfactual.h5ad
 #: obs columns of the ground truth: its task, its factual cell and the intervention mode
 TRUTH_TASK, TRUTH_SOURCE_CELL, TRUTH_MODE = "task", "source_cell", "mode"
@@ -88,6 +99,11 @@ InterventionMode = Literal["causal", "direct"]
 def concept_name(index: int) -> str:
     """The name of concept ``index`` (``concept_<index>``)."""
     return f"concept_{int(index)}"
+
+
+def latent_key(name: str) -> str:
+    """The obsm key of true latent ``name`` (``simcell_latent_<name>``)."""
+    return f"{LATENT_PREFIX}{name}"
 
 
 def split_column(task: str) -> str:

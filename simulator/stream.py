@@ -39,6 +39,7 @@ from simcell.simulator.engine import (
 )
 from simcell.simulator.params import SimulationParams, check_memory
 from simcell.simulator.process import Dataset, prepare
+from simcell.simulator.schema import PROCESS_PERTURB
 
 _H5_CHUNK = 1 << 20
 
@@ -106,6 +107,12 @@ def generate_bundle(
         The dataset's metadata (world, cells, tasks) with ``X`` left empty; the
         counts are in the bundle, and ``Dataset.counterfactual`` still works.
     """
+    if getattr(params, "process", None) == PROCESS_PERTURB:  # the second process: in memory
+        from simcell.simulator import perturb
+
+        return perturb.generate_bundle(  # type: ignore[return-value]
+            params, seed, out_dir, scenario=scenario, progress=progress, overwrite=overwrite
+        )
     check_memory(params, chunk_size=chunk_size, n_threads=n_workers(n_threads))
     out_dir = Path(out_dir)
     check_output(out_dir, BUNDLE_OWNERSHIP, overwrite=overwrite)  # refuse before simulating

@@ -21,7 +21,9 @@ module:
   :func:`block_concept_scores`, :func:`reconstruction_scores`,
   :func:`causal_consistency` (not registered: tables).
 * :mod:`~simcell.evaluation.metrics.identifiability` — ``linear_r2`` /
-  ``mcc(embedding, concepts_true)``.
+  ``mcc(embedding, concepts_true)``; per block of a Representation
+  ``block_r2`` / ``block_r2_kernel`` / ``latent_mcc(embedding, latent_true)``
+  and :func:`identifiability_table` (recovery and leakage of every block).
 * :mod:`~simcell.evaluation.metrics.causal` — ``fn(causal_pred, causal_true)``:
   ``causal_auroc``, ``causal_f1``, ``causal_pearson`` and their ``_undirected`` twins.
 
@@ -72,7 +74,13 @@ from simcell.evaluation.metrics.distribution import (
     mmd,
     sinkhorn_divergence,
 )
-from simcell.evaluation.metrics.identifiability import linear_r2, mcc
+from simcell.evaluation.metrics.identifiability import (
+    block_r2,
+    identifiability_table,
+    latent_mcc,
+    linear_r2,
+    mcc,
+)
 from simcell.evaluation.metrics.ratios import rfid, rmmd, rsd
 
 __all__ = [
@@ -81,6 +89,7 @@ __all__ = [
     "ConceptLeakage",
     "Metric",
     "ari",
+    "block_r2",
     "bootstrap_ci",
     "causal_auroc",
     "causal_auroc_undirected",
@@ -95,7 +104,9 @@ __all__ = [
     "frechet_distance",
     "frechet_from_moments",
     "get_metric",
+    "identifiability_table",
     "knn_accuracy",
+    "latent_mcc",
     "linear_r2",
     "list_metrics",
     "mae",

@@ -1,9 +1,13 @@
-"""Identifiability: how well a learned embedding recovers the true latents."""
+"""Identifiability: how well a learned embedding (or one block of it) recovers the true latents."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import train_test_split
@@ -12,7 +16,15 @@ from simcell import SimcellError
 from simcell.evaluation.metrics._registry import register_metric
 from simcell.evaluation.metrics._validation import as_cells, check_fraction, constant_rows
 
-__all__ = ["linear_r2", "mcc"]
+__all__ = [
+    "block_r2",
+    "block_r2_kernel",
+    "block_r2_linear",
+    "identifiability_table",
+    "latent_mcc",
+    "linear_r2",
+    "mcc",
+]
 
 _REFERENCE = "1 = the true latents are recovered (up to an affine map / a matching of dims)"
 
@@ -116,3 +128,174 @@ def mcc(embedding: npt.ArrayLike, concepts_true: npt.ArrayLike) -> float:
     correlation = np.clip(correlation, 0.0, 1.0)
     rows, cols = linear_sum_assignment(correlation, maximize=True)
     return float(correlation[rows, cols].mean())
+
+
+# ----------------------------------------------------------------------------- blocks
+#
+# A Representation has named blocks (``invariant``, ``responsive``), each meant to
+# recover one true latent the simulator stored (``z_invariant``, ``z_responsive``).
+# Block R² asks whether the true latent is a function of the block (linear: an
+# invertible linear map, identifiability up to a linear block transform; kernel:
+# any smooth map), scored on held-out cells; MCC asks for a one-to-one matching
+# of dims (identifiability up to permutation and scaling); leakage is the block
+# R² of the *other* latent (what a block knows that it should not).
+
+#: cells the block regressions use at most (a seeded subsample; kernel ridge is O(n³))
+MAX_BLOCK_CELLS = 2000
+_RIDGE_ALPHAS = np.logspace(-4, 2, 7)
+_KERNEL_GRID = {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "gamma": [0.1, 0.3, 1.0]}
+RegressionKind = Literal["linear", "kernel"]
+
+
+def _block_pair(embedding: npt.ArrayLike, latent_true: npt.ArrayLike):
+    learned = as_cells(embedding, "embedding", min_cells=10)
+    true = as_cells(latent_true, "latent_true", min_cells=10)
+    if learned.shape[0] != true.shape[0]:
+        raise SimcellError(
+            f"embedding and latent_true must describe the same cells; got "
+            f"{learned.shape[0]} vs {true.shape[0]} rows"
+        )
+    keep = ~constant_rows(learned.T)
+    if not keep.any():
+        raise SimcellError("every embedding dim is constant")
+    if constant_rows(true.T).any():
+        raise SimcellError("a latent_true dim is constant")
+    return learned[:, keep], true
+
+
+def block_r2(
+    embedding: npt.ArrayLike,
+    latent_true: npt.ArrayLike,
+    *,
+    kind: RegressionKind = "linear",
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> float:
+    """Held-out R² of a true latent regressed on a learned block, mean over true dims.
+
+    The cells (a seeded subsample of at most :data:`MAX_BLOCK_CELLS`) are split
+    ``1 - test_fraction`` / ``test_fraction``. On the first part the standardised
+    block is regressed on each true dim by ridge regression (``linear``,
+    ``RidgeCV`` over α ∈ 10^-4..10^2) or RBF kernel ridge (``kernel``,
+    ``GridSearchCV`` over α and γ / n_dims, 3 folds); the R²
+    ``1 - SS_res / SS_tot`` of each true dim on the held-out cells is averaged.
+    1: the latent is recovered (up to a linear / smooth map); about 0: the block
+    holds nothing of it.
+
+    Parameters
+    ----------
+    embedding : array-like, shape (n_cells, n_learned)
+        One learned block (constant dims are dropped).
+    latent_true : array-like, shape (n_cells, n_true)
+        The true latent. No constant dim.
+    kind : {"linear", "kernel"}
+    test_fraction : float
+    seed : int
+        Seed of the subsample and the split.
+
+    Returns
+    -------
+    float
+        At most 1, unbounded below.
+    """
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.preprocessing import StandardScaler
+
+    if kind not in ("linear", "kernel"):
+        raise SimcellError(f"kind must be 'linear' or 'kernel', got {kind!r}")
+    learned, true = _block_pair(embedding, latent_true)
+    check_fraction(test_fraction, "test_fraction")
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(learned.shape[0])[:MAX_BLOCK_CELLS]
+    train, test = train_test_split(cells, test_size=test_fraction, random_state=seed)
+    if test.size < 2 or train.size < 6:
+        raise SimcellError("block_r2 needs at least 6 fit and 2 held-out cells; use more cells")
+    scaler = StandardScaler().fit(learned[train])
+    x_fit, x_test = scaler.transform(learned[train]), scaler.transform(learned[test])
+    if kind == "linear":
+        model = RidgeCV(alphas=_RIDGE_ALPHAS).fit(x_fit, true[train])
+    else:
+        grid = dict(_KERNEL_GRID, gamma=[g / learned.shape[1] for g in _KERNEL_GRID["gamma"]])
+        folds = KFold(n_splits=3, shuffle=True, random_state=seed)
+        model = GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=folds).fit(x_fit, true[train])
+    residual = np.sum((true[test] - model.predict(x_test)) ** 2, axis=0)
+    total = np.sum((true[test] - true[test].mean(axis=0)) ** 2, axis=0)
+    if np.any(total == 0):
+        raise SimcellError("a true latent dim is constant on the held-out cells")
+    return float(np.mean(1.0 - residual / total))
+
+
+@register_metric("block_r2", direction="higher", level="latent", reference=_REFERENCE)
+def block_r2_linear(
+    embedding: npt.ArrayLike, latent_true: npt.ArrayLike, *, seed: int = 0
+) -> float:
+    """:func:`block_r2` with ridge regression (identifiability up to a linear map)."""
+    return block_r2(embedding, latent_true, kind="linear", seed=seed)
+
+
+@register_metric("block_r2_kernel", direction="higher", level="latent", reference=_REFERENCE)
+def block_r2_kernel(
+    embedding: npt.ArrayLike, latent_true: npt.ArrayLike, *, seed: int = 0
+) -> float:
+    """:func:`block_r2` with RBF kernel ridge (any smooth map)."""
+    return block_r2(embedding, latent_true, kind="kernel", seed=seed)
+
+
+@register_metric("latent_mcc", direction="higher", level="latent", reference=_REFERENCE)
+def latent_mcc(embedding: npt.ArrayLike, latent_true: npt.ArrayLike) -> float:
+    """:func:`mcc` of a learned block against a true latent (Hungarian matching on
+    |Pearson|; identifiability up to permutation and scaling)."""
+    learned, true = _block_pair(embedding, latent_true)
+    return mcc(learned, true)
+
+
+def identifiability_table(
+    blocks: Mapping[str, npt.ArrayLike],
+    targets: Mapping[str, str],
+    latents: Mapping[str, npt.ArrayLike],
+    *,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every block against every true latent: recovery where a block targets it,
+    leakage elsewhere.
+
+    Parameters
+    ----------
+    blocks : mapping of str to array-like, each (n_cells, d_block)
+        A Representation's blocks.
+    targets : mapping of str to str
+        Block name -> the true latent it should recover (e.g. ``invariant`` ->
+        ``z_invariant``); blocks without a target are scored as leakage only.
+    latents : mapping of str to array-like, each (n_cells, d)
+        The true latents (:func:`simcell.simulator.schema.true_latents`).
+    seed : int
+
+    Returns
+    -------
+    DataFrame
+        Columns ``block``, ``latent``, ``role`` (``recovery`` / ``leakage``),
+        ``block_r2``, ``block_r2_kernel``, ``latent_mcc`` (MCC for recovery only,
+        NaN for leakage).
+    """
+    unknown = sorted(set(targets.values()) - set(latents))
+    if unknown:
+        raise SimcellError(
+            f"block targets {unknown} are not among the true latents {sorted(latents)}"
+        )
+    rows = []
+    for block, embedding in blocks.items():
+        for latent, truth in latents.items():
+            recovery = targets.get(block) == latent
+            rows.append(
+                {
+                    "block": block,
+                    "latent": latent,
+                    "role": "recovery" if recovery else "leakage",
+                    "block_r2": block_r2(embedding, truth, kind="linear", seed=seed),
+                    "block_r2_kernel": block_r2(embedding, truth, kind="kernel", seed=seed),
+                    "latent_mcc": latent_mcc(embedding, truth) if recovery else np.nan,
+                }
+            )
+    return pd.DataFrame(rows)

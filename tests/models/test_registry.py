@@ -34,6 +34,8 @@ EXPECTED_MODELS = {
     "scgen",
     "causcell",
     "causcell_ind",
+    "perturbed_vae",
+    "perturbed_vae_noalign",
 }
 EXTERNAL_MODELS = {"biolord", "cinemaot"}  # need simcell[baselines]: test_external*.py
 
@@ -187,6 +189,8 @@ def test_representation_flags() -> None:
         "scgen",
         "causcell",
         "causcell_ind",
+        "perturbed_vae",
+        "perturbed_vae_noalign",
     }
 
 

@@ -36,6 +36,9 @@ EXPECTED = {
     "causal_pearson_undirected": ("higher", "causal"),
     "concept_f1_weighted": ("higher", "latent"),
     "concept_agreement": ("higher", "classification"),
+    "block_r2": ("higher", "latent"),
+    "block_r2_kernel": ("higher", "latent"),
+    "latent_mcc": ("higher", "latent"),
 }
 
 # The inputs every family declares: the vocabulary a runner's context is built from.
@@ -48,6 +51,7 @@ EXPECTED_INPUTS = {
     "clusters": ("embedding", "cell_types"),
     "causal": ("causal_pred", "causal_true"),
     "agreement": ("pred", "truth", "reference", "reference_labels"),
+    "blocks": ("embedding", "latent_true"),
 }
 
 
@@ -60,6 +64,8 @@ def _family(name: str) -> str:
         return "agreement"
     if name in ("concept_accuracy", "concept_f1", "concept_f1_weighted", "linear_r2", "mcc"):
         return "concepts"
+    if name in ("block_r2", "block_r2_kernel", "latent_mcc"):
+        return "blocks"
     if name == "knn_accuracy":
         return name
     return EXPECTED[name][1]
@@ -119,6 +125,7 @@ def test_a_runner_can_call_every_metric_from_one_context(rng):
     context["cell_types"] = context["concepts_true"][:, 0]
     context["causal_true"] = np.sign(rng.normal(size=(6, 6))) * (rng.random((6, 6)) < 0.4)
     context["causal_pred"] = context["causal_true"] + 0.3 * rng.normal(size=(6, 6))
+    context["latent_true"] = rng.normal(size=(30, 2))
     for metric in metrics.list_metrics():
         assert set(metric.inputs) <= set(context)
         value = metric.fn(

@@ -1,0 +1,397 @@
+"""PerturbedVAE: an invariant and a responsive latent block, a perturbation SCM, alignment.
+
+The model of "What Makes a Representation Good for Single-Cell Perturbation
+Prediction?" (ICML 2026; no public code). Cells x (raw counts) with perturbation
+labels u ∈ {0, 1}^P (the concepts; controls have u = 0):
+
+* encoders q(z_ι | x) and q(z_ν | x, u), diagonal Gaussians (on log1p counts);
+* prior p(z_ι) = N(0, I) and p(z_ν | u, z_ι) the linear-Gaussian SCM
+  z_ν = B z_ν + Γ z_ι + E u + ε, ε ~ N(0, I), B strictly lower triangular and
+  learnable, E u the sum of per-perturbation embeddings (so doubles compose);
+* decoder: rates λ = softmax(D(z_ι, z_ν)) · library size, Poisson or negative
+  binomial likelihood of the counts;
+* loss: −ELBO + α ‖μ_ι(x) − μ_ι(x_c)‖² with x_c a control cell drawn at random
+  for every perturbed cell of the batch (α = 0: ``perturbed_vae_noalign``).
+
+Counterfactual: abduct z_ι and ε (posterior means) from the cell, push the new u
+through the learned SCM, z_ν' = z_ν + (I − B)⁻¹ E (u' − u), decode with the
+cell's own library size: the expected counts (``residual_abduction``: the
+cell's counts scaled by the ratio of new to old rates, keeping its own noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from simcell import SimcellError
+
+from ._common import NeuralModel, map_batches, to_tensor
+from ._concepts import check_counterfactual_inputs, check_fit_inputs
+from ._config import (
+    FAST_MAX_STEPS,
+    NeuralConfig,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
+from ._nn import GaussianEncoder, ResidualMLP, reparameterize
+from ._trainer import Trainer, build_module
+
+try:  # the interface of issue 10 (branch ``declare``)
+    from .base import FitContext, Representation  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - shim until ``declare`` is merged: remove then
+
+    @dataclass(frozen=True)
+    class Representation:  # type: ignore[no-redef]
+        """Minimal stand-in for ``simcell.models.Representation`` (issue 10)."""
+
+        blocks: Mapping[str, np.ndarray]
+        targets: Mapping[str, str] = field(default_factory=dict)
+
+        def __array__(self, dtype=None, copy=None):
+            return np.concatenate(list(self.blocks.values()), axis=1).astype(dtype or np.float32)
+
+    FitContext = object  # type: ignore[misc,assignment]
+
+__all__ = [
+    "PERTURBED_VAE_PRESETS",
+    "PerturbedVAE",
+    "PerturbedVAEConfig",
+    "PerturbedVAEModule",
+    "PerturbedVAENoAlign",
+]
+
+Likelihood = Literal["poisson", "nb"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerturbedVAEConfig(NeuralConfig):
+    """Hyperparameters of PerturbedVAE.
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width of the encoders' and the decoder's hidden layers.
+    n_layers : int
+        Residual blocks in each encoder and in the decoder.
+    invariant_dim : int
+        Dimension of z_ι.
+    responsive_dim : int or None
+        Dimension of z_ν; None: one per perturbation.
+    alignment : float
+        α, weight of the control alignment ‖μ_ι(x) − μ_ι(x_c)‖².
+    beta : float
+        Weight of the KL terms.
+    likelihood : {"poisson", "nb"}
+        Count likelihood on the library-normalised rates (``nb``: one learnable
+        dispersion per gene).
+    dropout : float
+    residual_abduction : bool
+        ``False``: predict the expected counts under the new u. ``True``: also
+        abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
+        (each gene's counts scaled by its rate ratio), as the CVAE does in PCA space.
+    """
+
+    hidden_dim: int
+    n_layers: int = 2
+    invariant_dim: int
+    responsive_dim: int | None = None
+    alignment: float = 0.05
+    beta: float = 1.0
+    likelihood: Likelihood = "poisson"
+    dropout: float = 0.0
+    residual_abduction: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "hidden_dim", "n_layers", "invariant_dim")
+        if self.responsive_dim is not None:
+            check_positive(self, "responsive_dim")
+        check_non_negative(self, "alignment", "beta")
+        check_fraction(self, "dropout")
+
+
+PERTURBED_VAE_PRESETS: dict[str, PerturbedVAEConfig] = {
+    # the paper: Adam, batch 64, 100 epochs, hidden 256, lr 1e-4, α = 0.05
+    "paper": PerturbedVAEConfig(
+        hidden_dim=256,
+        n_layers=2,
+        invariant_dim=16,
+        alignment=0.05,
+        learning_rate=1e-4,
+        max_epochs=100,
+        batch_size=64,
+        lr_decay=1.0,
+    ),
+    "synthetic": PerturbedVAEConfig(
+        hidden_dim=128,
+        n_layers=2,
+        invariant_dim=8,
+        alignment=0.05,
+        learning_rate=1e-3,
+        max_epochs=100,
+        batch_size=128,
+        lr_decay=1.0,
+        residual_abduction=True,
+    ),
+    "fast": PerturbedVAEConfig(
+        hidden_dim=64,
+        n_layers=1,
+        invariant_dim=8,
+        alignment=0.05,
+        learning_rate=3e-3,
+        max_epochs=40,
+        max_steps=FAST_MAX_STEPS,
+        batch_size=128,
+        lr_decay=1.0,
+        residual_abduction=True,
+    ),
+}
+
+
+def _features(counts: torch.Tensor) -> torch.Tensor:
+    """What the encoders read: log1p of the counts normalised to 10⁴ per cell."""
+    library = counts.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    return torch.log1p(counts / library * 1e4)
+
+
+class PerturbedVAEModule(nn.Module):
+    """The network: two encoders, the latent SCM and a count decoder.
+
+    Parameters
+    ----------
+    n_genes : int
+    n_perturbations : int
+    config : PerturbedVAEConfig
+    """
+
+    def __init__(self, n_genes: int, n_perturbations: int, config: PerturbedVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_i = config.invariant_dim
+        d_r = config.responsive_dim or max(n_perturbations, 1)
+        self.encoder_invariant = GaussianEncoder(
+            n_genes, config.hidden_dim, config.n_layers, config.dropout, d_i
+        )
+        self.encoder_responsive = GaussianEncoder(
+            n_genes + n_perturbations, config.hidden_dim, config.n_layers, config.dropout, d_r
+        )
+        #: B (masked to its strict lower triangle), Γ and the perturbation embeddings E
+        self.scm = nn.Linear(d_r, d_r, bias=False)
+        self.coupling = nn.Linear(d_i, d_r, bias=False)
+        self.embedding = nn.Linear(n_perturbations, d_r, bias=True)
+        self.decoder = ResidualMLP(
+            d_i + d_r, config.hidden_dim, config.n_layers, config.dropout, out_dim=n_genes
+        )
+        self.dispersion = nn.Linear(1, n_genes) if config.likelihood == "nb" else None
+        #: control cells (counts) the alignment draws partners from; set before training
+        self.controls: torch.Tensor | None = None
+
+    # the SCM -----------------------------------------------------------------
+
+    def weights(self) -> torch.Tensor:
+        """B, strictly lower triangular, shape (d_ν, d_ν): ``B[k, j]`` weighs z_ν,j in z_ν,k."""
+        return torch.tril(self.scm.weight, diagonal=-1)
+
+    def exogenous(self, z_responsive, z_invariant, u) -> torch.Tensor:
+        """ε = (I − B) z_ν − Γ z_ι − E u, shape (n, d_ν)."""
+        b = self.weights()
+        return z_responsive - z_responsive @ b.T - self.coupling(z_invariant) - self.embedding(u)
+
+    def solve(self, exogenous: torch.Tensor) -> torch.Tensor:
+        """z with (I − B) z = ``exogenous`` (rows), shape (n, d_ν)."""
+        identity = torch.eye(exogenous.shape[-1], device=exogenous.device, dtype=exogenous.dtype)
+        system = identity - self.weights()
+        return torch.linalg.solve_triangular(system, exogenous.T, upper=False).T
+
+    # the pieces ----------------------------------------------------------------
+
+    def posteriors(self, x, u):
+        features = _features(x)
+        return self.encoder_invariant(features), self.encoder_responsive(
+            torch.cat([features, u], dim=-1)
+        )
+
+    def log_rates(self, z_invariant, z_responsive, library) -> torch.Tensor:
+        logits = self.decoder(torch.cat([z_invariant, z_responsive], dim=-1))
+        return torch.log_softmax(logits, dim=-1) + torch.log(library)
+
+    def _nll(self, x, log_rate) -> torch.Tensor:
+        if self.dispersion is None:
+            return (torch.exp(log_rate) - x * log_rate + torch.lgamma(x + 1.0)).sum(-1)
+        ones = torch.ones(1, 1, device=x.device, dtype=x.dtype)
+        log_theta = self.dispersion(ones).squeeze(0)
+        theta = torch.exp(log_theta)
+        log_theta_mu = torch.logaddexp(log_theta, log_rate)
+        log_prob = (
+            theta * (log_theta - log_theta_mu)
+            + x * (log_rate - log_theta_mu)
+            + torch.lgamma(x + theta)
+            - torch.lgamma(theta)
+            - torch.lgamma(x + 1.0)
+        )
+        return -log_prob.sum(-1)
+
+    def loss(self, batch: Mapping[str, torch.Tensor], *, generator: torch.Generator):
+        """−ELBO + α alignment of a mini-batch with keys ``x`` (counts) and ``concepts`` (u)."""
+        x, u = batch["x"], torch.nan_to_num(batch["concepts"])
+        library = x.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        (mean_i, log_var_i), (mean_r, log_var_r) = self.posteriors(x, u)
+        z_i = reparameterize(mean_i, log_var_i, generator)
+        z_r = reparameterize(mean_r, log_var_r, generator)
+        reconstruction = self._nll(x, self.log_rates(z_i, z_r, library))
+        kl_invariant = 0.5 * (mean_i.pow(2) + log_var_i.exp() - 1.0 - log_var_i).sum(-1)
+        # KL(q(z_ν | x, u) || p(z_ν | u, z_ι)); (I − B) has unit diagonal, so log|det| = 0
+        b = self.weights()
+        system = torch.eye(b.shape[0], device=b.device, dtype=b.dtype) - b
+        residual = self.exogenous(mean_r, z_i, u)
+        trace = (log_var_r.exp().unsqueeze(1) * system.pow(2).unsqueeze(0)).sum((-1, -2))
+        kl_responsive = 0.5 * (
+            residual.pow(2).sum(-1) + trace - mean_r.shape[-1] - log_var_r.sum(-1)
+        )
+        loss = (reconstruction + self.config.beta * (kl_invariant + kl_responsive)).mean()
+        if self.config.alignment > 0 and self.controls is not None and len(self.controls):
+            perturbed = u.abs().sum(-1) > 0
+            if perturbed.any():
+                controls = self.controls
+                pick = torch.randint(
+                    len(controls), (int(perturbed.sum()),), generator=generator, device=x.device
+                )
+                partner, _ = self.encoder_invariant(_features(controls[pick.to(controls.device)]))
+                gap = (mean_i[perturbed] - partner.to(x.device)).pow(2).sum(-1)
+                loss = loss + self.config.alignment * gap.sum() / x.shape[0]
+        return loss
+
+    # inference -----------------------------------------------------------------
+
+    def encode(self, x, u) -> tuple[torch.Tensor, torch.Tensor]:
+        (mean_i, _), (mean_r, _) = self.posteriors(x, torch.nan_to_num(u))
+        return mean_i, mean_r
+
+    def counterfactual(self, x, u, target) -> torch.Tensor:
+        """Expected counts under ``target``: abduct z_ι and ε, push u' through the SCM."""
+        u, target = torch.nan_to_num(u), torch.nan_to_num(target)
+        z_i, z_r = self.encode(x, u)
+        shift = self.embedding(target) - self.embedding(u)
+        z_new = z_r + self.solve(shift)
+        library = x.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        log_rate = self.log_rates(z_i, z_new, library)
+        if self.config.residual_abduction:
+            return x * torch.exp(log_rate - self.log_rates(z_i, z_r, library))
+        return torch.exp(log_rate)
+
+
+class PerturbedVAE(NeuralModel):
+    """PerturbedVAE on raw counts (``input_space = "counts"``), with control alignment.
+
+    Parameters
+    ----------
+    config : PerturbedVAEConfig, optional
+        Hyperparameters (``PERTURBED_VAE_PRESETS["fast"]`` when omitted).
+    device : str or torch.device
+    seed : int
+    progress_bar : bool
+
+    Notes
+    -----
+    The concepts are the perturbation indicators u (controls: all 0; a missing
+    annotation counts as 0). ``encode`` returns the blocks ``invariant``
+    (target ``z_invariant``) and ``responsive`` (target ``z_responsive``).
+    """
+
+    name: ClassVar[str] = "perturbed_vae"
+    input_space: ClassVar[str] = "counts"
+    has_representation: ClassVar[bool] = True
+    uses_dag: ClassVar[bool] = False
+    config_class = PerturbedVAEConfig
+    presets: ClassVar[Mapping[str, PerturbedVAEConfig]] = PERTURBED_VAE_PRESETS
+    config: PerturbedVAEConfig
+
+    def _build(self) -> PerturbedVAEModule:
+        assert self.n_dims_ is not None and self.n_concepts_ is not None
+        n_genes, n_perturbations, config = self.n_dims_, self.n_concepts_, self.config
+        return build_module(
+            lambda: PerturbedVAEModule(n_genes, n_perturbations, config), seed=self.seed
+        )
+
+    def fit(self, x, concepts, *, concept_kinds=None, context=None) -> PerturbedVAE:
+        """Train on counts ``x`` (n_cells, n_genes) and perturbation labels (n_cells, P).
+
+        Raises
+        ------
+        SimcellError
+            If ``x`` is not counts (negative values) or a cell has no counts.
+        """
+        x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
+        _check_counts(x)
+        self._set_dims(x.shape[1], kinds)
+        self.module_ = self._build()
+        controls = np.nan_to_num(concepts).sum(axis=1) == 0
+        trainer = Trainer.from_config(
+            self.config,
+            device=self.device,
+            seed=self.seed,
+            progress_bar=self.progress_bar,
+            description=self.name,
+        )
+        self.device_ = trainer.device
+        self.module_.controls = to_tensor(x[controls]).to(self.device_)
+        try:
+            self.history_ = trainer.fit(
+                self.module_, {"x": to_tensor(x), "concepts": to_tensor(concepts)}
+            )
+        finally:
+            self.module_.controls = None
+        return self
+
+    def _inputs(self, x, concepts, target):
+        self._require_fitted()
+        x, concepts, target = check_counterfactual_inputs(
+            x, concepts, target, n_dims=self.n_dims_, n_concepts=self.n_concepts_
+        )
+        _check_counts(x)
+        self.module_.eval()
+        return x, concepts, target
+
+    def counterfactual(self, x, concepts, target_concepts) -> np.ndarray:
+        """Each cell's counts under ``target_concepts``: expected counts, or with
+        ``residual_abduction`` the cell's counts times the rate ratio; (n_cells, n_genes)."""
+        x, concepts, target = self._inputs(x, concepts, target_concepts)
+        return map_batches(self.module_.counterfactual, x, concepts, target, device=self.device_)
+
+    def encode(self, x, concepts) -> Representation:
+        """Posterior means: the blocks ``invariant`` (n_cells, d_ι) and ``responsive``
+        (n_cells, d_ν)."""
+        x, concepts, _ = self._inputs(x, concepts, concepts)
+        invariant = map_batches(
+            lambda a, b: self.module_.encode(a, b)[0], x, concepts, device=self.device_
+        )
+        responsive = map_batches(
+            lambda a, b: self.module_.encode(a, b)[1], x, concepts, device=self.device_
+        )
+        return Representation(
+            blocks={"invariant": invariant, "responsive": responsive},
+            targets={"invariant": "z_invariant", "responsive": "z_responsive"},
+        )
+
+
+class PerturbedVAENoAlign(PerturbedVAE):
+    """PerturbedVAE without the control alignment (α = 0), the paper's ablation."""
+
+    name: ClassVar[str] = "perturbed_vae_noalign"
+    presets: ClassVar[Mapping[str, PerturbedVAEConfig]] = {
+        name: preset.replace(alignment=0.0) for name, preset in PERTURBED_VAE_PRESETS.items()
+    }
+
+
+def _check_counts(x: np.ndarray) -> None:
+    if (x < 0).any():
+        raise SimcellError(
+            "perturbed_vae models raw counts (input_space 'counts'); x has negative values"
+        )

@@ -1,0 +1,254 @@
+"""PerturbedVAE on counts: the interface, the latent SCM, checkpoints, identifiability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from simcell import SimcellError
+from simcell.models import create_model, get_preset, load_model
+from simcell.simulator.perturb import PerturbParams, simulate
+
+TINY = dict(
+    n_genes=30,
+    n_perturbations=3,
+    d_invariant=3,
+    d_responsive=3,
+    n_controls=200,
+    n_per_single=60,
+    n_per_double=30,
+    n_doubles=2,
+    n_double_tasks=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    dataset = simulate(PerturbParams(**TINY), seed=1)
+    x = dataset.factual.X.toarray().astype(np.float32)
+    u = dataset.cells.perturbations.astype(np.float32)
+    train = dataset.tasks[0].split == "train"
+    return dataset, x, u, train
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    _, x, u, train = tiny
+    return create_model(
+        "perturbed_vae",
+        device="cpu",
+        seed=0,
+        progress_bar=False,
+        max_epochs=3,
+        residual_abduction=False,
+    ).fit(x[train], u[train])
+
+
+def test_counterfactual_gives_finite_expected_counts(fitted, tiny):
+    dataset, x, u, _ = tiny
+    task = dataset.tasks[0]
+    cells = task.intervene
+    target = u[cells].copy()
+    target[:, task.concept] = 1
+    prediction = fitted.counterfactual(x[cells], u[cells], target)
+    assert prediction.shape == x[cells].shape and prediction.dtype == np.float32
+    assert np.all(np.isfinite(prediction)) and np.all(prediction >= 0)
+    # expected counts keep each cell's library size (softmax rates x total counts)
+    np.testing.assert_allclose(prediction.sum(axis=1), x[cells].sum(axis=1), rtol=1e-4)
+    missing = u[cells].copy()
+    missing[::2, 0] = np.nan
+    assert np.all(np.isfinite(fitted.counterfactual(x[cells], missing, target)))
+
+
+def test_encode_returns_the_two_blocks_and_their_targets(fitted, tiny):
+    _, x, u, _ = tiny
+    representation = fitted.encode(x[:50], u[:50])
+    assert set(representation.blocks) == {"invariant", "responsive"}
+    assert representation.blocks["invariant"].shape == (50, fitted.config.invariant_dim)
+    assert representation.blocks["responsive"].shape == (50, TINY["n_perturbations"])
+    assert dict(representation.targets) == {
+        "invariant": "z_invariant",
+        "responsive": "z_responsive",
+    }
+
+
+def test_the_learned_scm_is_a_dag_and_doubles_compose(fitted):
+    module = fitted.module_
+    b = module.weights().detach()
+    assert torch.all(torch.triu(b) == 0)
+    with torch.no_grad():
+        none, e0, e1 = torch.zeros(1, 3), torch.eye(3)[:1], torch.eye(3)[1:2]
+
+        def effect(u):
+            return module.solve(module.embedding(u) - module.embedding(none))
+
+        torch.testing.assert_close(effect(e0 + e1), effect(e0) + effect(e1))
+
+
+def test_do_nothing_decodes_the_abducted_cell(fitted, tiny):
+    _, x, u, _ = tiny
+    module = fitted.module_
+    with torch.no_grad():
+        xt, ut = torch.as_tensor(x[:20]), torch.as_tensor(u[:20])
+        z_i, z_r = module.encode(xt, ut)
+        library = xt.sum(-1, keepdim=True)
+        expected = torch.exp(module.log_rates(z_i, z_r, library)).numpy()
+    np.testing.assert_array_equal(fitted.counterfactual(x[:20], u[:20], u[:20]), expected)
+
+
+def test_residual_abduction_keeps_the_cell_and_scales_it_by_the_rate_ratio(fitted, tiny):
+    _, x, u, _ = tiny
+    residual = create_model("perturbed_vae", device="cpu", residual_abduction=True)
+    residual._set_state(fitted._get_state())
+    np.testing.assert_allclose(residual.counterfactual(x[:20], u[:20], u[:20]), x[:20], rtol=1e-6)
+    target = np.ones_like(u[:20])
+    ratio = fitted.counterfactual(x[:20], u[:20], target) / fitted.counterfactual(
+        x[:20], u[:20], u[:20]
+    )
+    np.testing.assert_allclose(
+        residual.counterfactual(x[:20], u[:20], target), x[:20] * ratio, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_checkpoint_round_trip(fitted, tiny, tmp_path):
+    _, x, u, _ = tiny
+    fitted.save(tmp_path / "pvae.pt")
+    loaded = load_model(tmp_path / "pvae.pt", device="cpu")
+    assert loaded.name == "perturbed_vae" and loaded.config == fitted.config
+    np.testing.assert_array_equal(
+        loaded.counterfactual(x[:10], u[:10], u[:10] * 0 + 1),
+        fitted.counterfactual(x[:10], u[:10], u[:10] * 0 + 1),
+    )
+
+
+def test_the_presets():
+    paper = get_preset("perturbed_vae", "paper")
+    assert (paper.learning_rate, paper.batch_size, paper.max_epochs, paper.hidden_dim) == (
+        1e-4,
+        64,
+        100,
+        256,
+    )
+    assert paper.alignment == 0.05
+    for preset in ("fast", "synthetic", "paper"):
+        assert get_preset("perturbed_vae_noalign", preset).alignment == 0.0
+        assert get_preset("perturbed_vae_noalign", preset) == get_preset(
+            "perturbed_vae", preset
+        ).replace(alignment=0.0)
+
+
+def test_pca_input_is_refused_with_one_line(tiny):
+    _, x, u, _ = tiny
+    model = create_model("perturbed_vae", device="cpu", progress_bar=False, max_epochs=1)
+    with pytest.raises(SimcellError, match="counts"):
+        model.fit(x - x.mean(axis=0), u)
+
+
+def test_nb_likelihood_trains(tiny):
+    _, x, u, train = tiny
+    model = create_model(
+        "perturbed_vae", device="cpu", progress_bar=False, max_epochs=2, likelihood="nb"
+    ).fit(x[train], u[train])
+    assert np.all(np.isfinite(model.history_.train_loss))
+
+
+@pytest.mark.gpu
+def test_runs_on_cuda(cuda_device, tiny):
+    _, x, u, train = tiny
+    model = create_model(
+        "perturbed_vae", device=cuda_device, seed=0, progress_bar=False, max_epochs=3
+    ).fit(x[train], u[train])
+    assert next(model.module_.parameters()).is_cuda
+    prediction = model.counterfactual(x[:50], u[:50], np.ones_like(u[:50]))
+    assert np.all(np.isfinite(prediction))
+
+
+# ----------------------------------------------------------------------------- identifiability
+#
+# Measured on the data below (seeds 0, 1, 2; fast preset, CPU; ~1,850 train cells):
+#
+#                          invariant R² (z_ι)   responsive MCC (z_ν)   leakage R² (z_ν | inv.)
+#   perturbed_vae          0.729 0.775 0.684    0.459 0.439 0.667      0.621 0.839 0.789
+#   perturbed_vae_noalign  0.745 0.762 0.675    0.497 0.488 0.597      0.587 0.852 0.789
+#   single environment     0.714 0.767 0.728    0.526 0.344 0.627      0.607 0.795 0.808
+#     (perturbed_vae trained on the ~400 controls alone)
+#
+# Random latents score R² ≈ 0 and MCC ≈ 0.03 at this size (metric tests). So the
+# blocks do recover both latents far above chance, but the paper's effect of the
+# alignment (invariant R² 0.97 vs 0.66) is NOT reproduced here: the difference is
+# 0.002 ± 0.015 over the 3 seeds, and the single-environment control is not
+# measurably worse. The tests assert what was measured.
+
+IDENTIFIABILITY = dict(n_genes=100, n_controls=400, n_per_single=150, n_per_double=60)
+#: below the smallest of the 9 measured invariant R² (0.675) and responsive MCC (0.344)
+INVARIANT_R2_FLOOR, RESPONSIVE_MCC_FLOOR = 0.6, 0.3
+
+
+def _recovery(name: str, seed: int, *, controls_only: bool = False, **overrides):
+    from simcell.evaluation import metrics
+
+    dataset = simulate(PerturbParams(**IDENTIFIABILITY), seed=seed)
+    train = np.flatnonzero(dataset.tasks[0].split == "train")
+    x = dataset.factual.X.toarray().astype(np.float32)
+    u = dataset.cells.perturbations.astype(np.float32)
+    fit_cells = train[u[train].sum(axis=1) == 0] if controls_only else train
+    model = create_model(name, device="cpu", seed=seed, progress_bar=False, **overrides)
+    model.fit(x[fit_cells], u[fit_cells])
+    blocks = model.encode(x[train], u[train]).blocks
+    z_invariant, z_responsive = dataset.cells.z_invariant[train], dataset.z_responsive[train]
+    return {
+        "invariant_r2": metrics.block_r2(blocks["invariant"], z_invariant),
+        "responsive_mcc": metrics.latent_mcc(blocks["responsive"], z_responsive),
+    }
+
+
+def test_the_blocks_recover_both_latents_far_above_chance():
+    scores = _recovery("perturbed_vae", 0, max_epochs=20)
+    assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
+    assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+
+
+def test_without_controls_the_alignment_has_nothing_to_align(tiny):
+    """The negative control of the alignment: with no control cells (u = 0) in the
+    training data, perturbed_vae is perturbed_vae_noalign, weight for weight."""
+    _, x, u, train = tiny
+    perturbed = train & (u.sum(axis=1) > 0)
+    models = [
+        create_model(name, device="cpu", seed=3, progress_bar=False, max_epochs=2).fit(
+            x[perturbed], u[perturbed]
+        )
+        for name in ("perturbed_vae", "perturbed_vae_noalign")
+    ]
+    for a, b in zip(
+        models[0].module_.state_dict().values(),
+        models[1].module_.state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # ... while with controls the alignment changes the fit
+    aligned = create_model(
+        "perturbed_vae", device="cpu", seed=3, progress_bar=False, max_epochs=2
+    ).fit(x[train], u[train])
+    unaligned = create_model(
+        "perturbed_vae_noalign", device="cpu", seed=3, progress_bar=False, max_epochs=2
+    ).fit(x[train], u[train])
+    assert not np.array_equal(
+        aligned.encode(x[:20], u[:20]).blocks["invariant"],
+        unaligned.encode(x[:20], u[:20]).blocks["invariant"],
+    )
+
+
+def test_alignment_over_three_seeds_as_measured():
+    """The paper's 0.97 vs 0.66 is not reproduced (see the table above): both
+    variants recover z_ι alike; this pins the measured relation, so a change that
+    makes the alignment matter shows up here."""
+    align = [_recovery("perturbed_vae", seed) for seed in range(3)]
+    noalign = [_recovery("perturbed_vae_noalign", seed) for seed in range(3)]
+    for scores in align + noalign:
+        assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
+        assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+    gap = np.mean(
+        [a["invariant_r2"] - b["invariant_r2"] for a, b in zip(align, noalign, strict=True)]
+    )
+    assert abs(gap) < 0.05
