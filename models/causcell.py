@@ -82,25 +82,8 @@ from ._concepts import check_counterfactual_inputs, check_fit_inputs, check_x, e
 from ._config import FAST_MAX_STEPS, NeuralConfig, check_non_negative, check_positive
 from ._nn import gaussian_kl, reparameterize, sinusoidal_time_features
 from ._trainer import build_module, derive_seed
-from .base import ConceptKind, Intervention
+from .base import ConceptKind, FitContext, Intervention, Representation
 from .generative import DDPM
-
-try:  # the interface of issue 10 (branch `declare`)
-    from .base import FitContext, Representation  # type: ignore[attr-defined]
-except ImportError:  # SHIM until `declare` is merged: the same fields, nothing more
-
-    @dataclass(frozen=True, kw_only=True)
-    class FitContext:  # type: ignore[no-redef]
-        """Minimal stand-in for ``simcell.models.FitContext`` (issue 10)."""
-
-        concept_names: tuple[str, ...]
-        dag: tuple[tuple[str, str, float], ...] = ()
-        gene_names: tuple[str, ...] | None = None
-        cell_types: np.ndarray | None = None
-        library_size: np.ndarray | None = None
-
-    Representation = None  # type: ignore[assignment,misc]
-
 
 __all__ = [
     "CAUSCELL_IND_PRESETS",
@@ -911,16 +894,9 @@ class CausCell(NeuralModel):
         blocks[UNEXPLAINED] = z[:, -1]
         return blocks
 
-    def encode(self, x: np.ndarray, concepts: np.ndarray) -> Any:
-        """A :class:`Representation` with one block per token (the annotations are not used).
-
-        Until the Representation interface is merged: the tokens concatenated,
-        shape (n_cells, (M+1) d).
-        """
-        blocks = self.token_blocks(x)
-        if Representation is None:
-            return np.concatenate(list(blocks.values()), axis=1)
-        return Representation(blocks=blocks)
+    def encode(self, x: np.ndarray, concepts: np.ndarray) -> Representation:
+        """A :class:`Representation` with one block per token (the annotations are not used)."""
+        return Representation(blocks=self.token_blocks(x))
 
     # checkpoints ------------------------------------------------------------------------
 

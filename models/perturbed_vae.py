@@ -22,7 +22,7 @@ cell's counts scaled by the ratio of new to old rates, keeping its own noise).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -42,22 +42,7 @@ from ._config import (
 )
 from ._nn import GaussianEncoder, ResidualMLP, reparameterize
 from ._trainer import Trainer, build_module
-
-try:  # the interface of issue 10 (branch ``declare``)
-    from .base import FitContext, Representation  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - shim until ``declare`` is merged: remove then
-
-    @dataclass(frozen=True)
-    class Representation:  # type: ignore[no-redef]
-        """Minimal stand-in for ``simcell.models.Representation`` (issue 10)."""
-
-        blocks: Mapping[str, np.ndarray]
-        targets: Mapping[str, str] = field(default_factory=dict)
-
-        def __array__(self, dtype=None, copy=None):
-            return np.concatenate(list(self.blocks.values()), axis=1).astype(dtype or np.float32)
-
-    FitContext = object  # type: ignore[misc,assignment]
+from .base import Representation
 
 __all__ = [
     "PERTURBED_VAE_PRESETS",
