@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 import click
@@ -32,12 +33,23 @@ def _on_signal(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_interrupts(unraisable) -> None:
+    """A signal that lands in a finaliser or weakref callback cannot propagate:
+    Python would print its traceback and go on. The stop flag is already set, so
+    the command stops at its next check; print nothing."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def _stop_on_signals(ctx: click.Context) -> None:
     """Ctrl-C and SIGTERM stop the command: staging folders are removed, nothing
     is published, the exit status is non-zero. Restored when the command ends."""
     if threading.current_thread() is not threading.main_thread():
         return
     clear_stop()
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupts
+    ctx.call_on_close(lambda: setattr(sys, "unraisablehook", previous_hook))
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.signal(signum, _on_signal)
         ctx.call_on_close(lambda signum=signum, previous=previous: signal.signal(signum, previous))

@@ -895,7 +895,11 @@ def _evaluate_task(
             rows += _split_floor_rows(data, base, seed)
     has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
     if truth is not None and not has_oracle:
-        log.info("%s: no oracle for this process; oracle/oracle_sample/noise_floor skipped", name)
+        log.info(
+            "%s: no oracle for process %s; oracle/oracle_sample/noise_floor skipped",
+            name,
+            schema.process_name(bundle.factual),
+        )
     if truth is not None and has_oracle:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)
         with clock.step(name, "oracle"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simcell import SimcellError
-from simcell.models import create_model, get_model_class, list_models, load_model
+from simcell.models import Representation, create_model, get_model_class, list_models, load_model
 
 # models that need no optional package (the external adapters: test_external.py) and
 # train on the toy data's PCA-like x (count-space models have their own tests)
@@ -45,15 +45,17 @@ def test_nan_annotations_never_produce_nan(name: str, fitted_models, toy) -> Non
     prediction = fitted_models[name].counterfactual(toy.x_intervene, concepts, target)
     assert np.all(np.isfinite(prediction))
     if get_model_class(name).has_representation:
-        assert np.all(np.isfinite(fitted_models[name].encode(toy.x_intervene, concepts)))
+        encoded = Representation.of(fitted_models[name].encode(toy.x_intervene, concepts))
+        assert all(np.all(np.isfinite(block)) for block in encoded.blocks.values())
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_encode(name: str, fitted_models, toy) -> None:
     model = fitted_models[name]
     if model.has_representation:
-        latent = model.encode(toy.x_intervene, toy.concepts_intervene)
-        assert latent.ndim == 2 and latent.shape[0] == len(toy.x_intervene)
+        encoded = Representation.of(model.encode(toy.x_intervene, toy.concepts_intervene))
+        for block in encoded.blocks.values():
+            assert block.ndim == 2 and block.shape[0] == len(toy.x_intervene)
     else:
         with pytest.raises(NotImplementedError):
             model.encode(toy.x_intervene, toy.concepts_intervene)
