@@ -803,7 +803,7 @@ def evaluate(
         spent per kind of step in ``.attrs["timings"]``.
     """
     if not isinstance(bundle, Bundle):
-        bundle = read_bundle(bundle)
+        bundle = read_bundle(bundle, truth_backed=True)  # truth rows read per task
     factual = bundle.factual
     models = _check_models(models)
     tasks = schema.check_tasks(factual, tasks)

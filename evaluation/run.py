@@ -217,7 +217,7 @@ def plan_evaluation(
         else path.resolve().with_name(path.resolve().name + "-evaluation")
     )
     check_report_dir(report, overwrite=overwrite, protect=[path])
-    read = read_bundle(path, verify=verify)
+    read = read_bundle(path, verify=verify, truth_backed=True)  # truth rows read per task
     task_names = parse_names(tasks, "task")
     return EvaluationPlan(
         bundle=read,

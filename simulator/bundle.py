@@ -187,7 +187,13 @@ def write_bundle(
     return out_dir
 
 
-def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: bool = True) -> Bundle:
+def read_bundle(
+    out_dir: str | os.PathLike,
+    *,
+    backed: bool = False,
+    verify: bool = True,
+    truth_backed: bool = False,
+) -> Bundle:
     """Read a bundle written by :func:`write_bundle`, verifying it by default.
 
     ``counterfactual.h5ad`` (the true counterfactuals) is optional: a bundle whose
@@ -210,6 +216,9 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
     out_dir : path
     backed : bool
         Open ``factual.h5ad`` backed (read-only) instead of loading it.
+    truth_backed : bool
+        Open ``counterfactual.h5ad`` backed (read-only): its rows are read when
+        a task asks for them (the evaluation does, to keep its peak memory down).
     verify : bool
         Run the checks above (``False``: read whatever is there, unverified).
 
@@ -240,9 +249,13 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
             f"{path} is not a complete simcell bundle: {COUNTERFACTUAL} is missing "
             "(its manifest lists it)"
         )
+
+    def read_truth() -> ad.AnnData:
+        return _read_h5ad(path / COUNTERFACTUAL, backed="r" if truth_backed else None)
+
     if not verify:
         factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
-        counterfactual = _read_h5ad(path / COUNTERFACTUAL) if truth else None
+        counterfactual = read_truth() if truth else None
         return Bundle(path, factual, counterfactual, manifest)
     _verify_manifest(path, manifest)
     files = _FILES if truth else (FACTUAL,)
@@ -252,7 +265,7 @@ def read_bundle(out_dir: str | os.PathLike, *, backed: bool = False, verify: boo
         digests = {name: pool.submit(file_checksum, path / name) for name in files}
         try:
             factual = _read_h5ad(path / FACTUAL, backed="r" if backed else None)
-            counterfactual = _read_h5ad(path / COUNTERFACTUAL) if truth else None
+            counterfactual = read_truth() if truth else None
             unreadable = None
         except SimcellError as error:
             unreadable = error

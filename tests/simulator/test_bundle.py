@@ -174,3 +174,17 @@ def test_a_stop_request_ends_generation_and_publishes_nothing(tmp_path):
         clear_stop()
     assert len(done) == 1  # the first chunk, then the run stopped
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truth_backed_reads_the_same_rows(small_dataset, tmp_path):
+    """The evaluation opens the truth backed (its rows are read per task): same values."""
+    from simcell.simulator import schema
+
+    path = write_bundle(small_dataset, tmp_path / "b")
+    loaded, backed = read_bundle(path), read_bundle(path, truth_backed=True)
+    assert backed.counterfactual.isbacked and not loaded.counterfactual.isbacked
+    for task in schema.read_tasks(loaded.factual):
+        a, b = schema.read_truth(loaded, task.name), schema.read_truth(backed, task.name)
+        assert (a.counts != b.counts).nnz == 0
+        np.testing.assert_array_equal(a.sources, b.sources)
+        np.testing.assert_array_equal(a.concepts, b.concepts)
