@@ -350,6 +350,25 @@ class _Labels:
         )
 
 
+_ROW_BLOCK = 512
+
+
+def _by_rows(per_cell: Callable, keep: np.ndarray | None, *arrays: np.ndarray) -> np.ndarray:
+    """A per-cell metric computed on blocks of rows (and the ``keep`` columns).
+
+    Every cell-level metric is a function of each row alone, so the values are
+    those of one call on all rows, without its cell x gene temporaries (the
+    oracle's step at full size held several hundred MB of them).
+    """
+    parts = []
+    for start in range(0, arrays[0].shape[0], _ROW_BLOCK):
+        block = [a[start : start + _ROW_BLOCK] for a in arrays]
+        if keep is not None:
+            block = [a[:, keep] for a in block]
+        parts.append(np.asarray(per_cell(*block)))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _cell_rows(
     data: TaskData,
     model: str,
@@ -364,27 +383,23 @@ def _cell_rows(
     rng = stream(labels.seed, data.name, model, "bootstrap")
     pca_halves, gene_halves = halves if halves is not None else (None, None)
     spaces = [
-        ("pca", "", pcs, truth.pcs, pca_halves),
-        ("genes", "", genes, truth.genes, gene_halves),
+        ("pca", "", pcs, truth.pcs, pca_halves, None),
+        ("genes", "", genes, truth.genes, gene_halves, None),
     ]
     if data.affected.sum() >= 2:  # correlations need two genes
-        keep = data.affected
-        spaces.append(
-            (
-                "genes",
-                "_affected",
-                genes[:, keep],
-                truth.genes[:, keep],
-                None if gene_halves is None else tuple(h[:, keep] for h in gene_halves),
-            )
-        )
+        spaces.append(("genes", "_affected", genes, truth.genes, gene_halves, data.affected))
     rows = []
-    for space, suffix, pred, target, pair in spaces:
+    for space, suffix, pred, target, pair, keep in spaces:
         for metric in m.list_metrics("cell"):
             if metric.name == "mse" and pair is not None:
-                per_cell = debiased_mse(*pair, target)
+                per_cell = _by_rows(lambda a, b, t: debiased_mse(a, b, t), keep, *pair, target)
             else:
-                per_cell = np.asarray(_call(metric, {"pred": pred, "truth": target}))
+                per_cell = _by_rows(
+                    lambda p, t, metric=metric: np.asarray(_call(metric, {"pred": p, "truth": t})),
+                    keep,
+                    pred,
+                    target,
+                )
             per_cell = per_cell[np.isfinite(per_cell)]
             if per_cell.size == 0:
                 continue
