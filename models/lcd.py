@@ -429,6 +429,11 @@ class LCD(NeuralModel):
         weight = self.config.tikhonov if tikhonov is None else tikhonov
         return clipr(f0[1:], fixed[1:], fixed[0], tikhonov=weight)
 
+    def causal_matrix(self) -> np.ndarray:
+        """Â of :meth:`clipr` over every perturbation seen in training, shape (d, d)
+        (what ``simcell evaluate`` scores against a ``linear-sde`` bundle's A)."""
+        return self.clipr().drift_matrix
+
     def sample(self, concepts: np.ndarray, *, start: np.ndarray | None = None) -> np.ndarray:
         """Annealed Langevin samples, one per row of ``concepts`` (seeded by the model
         seed), started at ``start`` or at N(0, σ_max²) in standardised units."""

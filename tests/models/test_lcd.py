@@ -17,6 +17,12 @@ from simcell.models import create_model, get_preset
 from simcell.models.clipr import clipr, differential_expression_matrix
 from simcell.simulator import linear_sde as L
 
+CAUSAL_METRICS = {
+    f"causal_{name}{suffix}"
+    for name in ("auroc", "f1", "pearson")
+    for suffix in ("", "_undirected")
+}
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -147,7 +153,7 @@ def test_evaluate_runs_lcd_on_a_counts_bundle_without_oracle_rows(tmp_path, capl
                 "evaluate",
                 str(out),
                 "--models",
-                "identity,lcd",
+                "identity,mean_shift,lcd",
                 "--device",
                 "cpu",
                 "--preset",
@@ -161,3 +167,64 @@ def test_evaluate_runs_lcd_on_a_counts_bundle_without_oracle_rows(tmp_path, capl
     assert "no oracle for process" in caplog.text
     mse = table[(table.metric == "mse") & (table.space == "pca")].set_index("model")["value"]
     assert mse["lcd"] < mse["identity"]
+    # the causal rows (space latent): lcd via CLIPR and the DE baseline, six scores each;
+    # identity and mean_shift give no causal matrix
+    causal = table[table.metric.str.startswith("causal_")]
+    assert set(causal["model"]) == {"lcd", "de_baseline"} and (causal.space == "latent").all()
+    for _, rows in causal.groupby(["model", "task"]):
+        assert set(rows["metric"]) == CAUSAL_METRICS and len(rows) == 6
+
+
+# --- causal rows in ``simcell evaluate`` --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sde_bundle(tmp_path_factory):
+    from simcell.simulator import read_bundle
+
+    params = L.LinearSDEParams(n_genes=6, cells_per_condition=40, n_doubles=2, n_heldout_singles=0)
+    path = tmp_path_factory.mktemp("sde") / "bundle"
+    L.write_linear_sde_bundle(params, 1, path, scenario="linear-sde")
+    return read_bundle(path)
+
+
+def test_evaluate_scores_the_de_baseline_exactly(sde_bundle):
+    """The ``de_baseline`` rows are the causal metrics of the train cells' mean shifts;
+    models without a causal matrix get no rows (``lcd``'s: the CLI test above)."""
+    from simcell.evaluation import evaluate
+    from simcell.evaluation.metrics.causal import DE_BASELINE
+    from simcell.models.clipr import differential_expression_matrix
+    from simcell.simulator import schema
+
+    table = evaluate(
+        sde_bundle,
+        models=["identity", "mean_shift"],
+        device="cpu",
+        n_boot=50,
+        tasks=["task_1"],
+    )
+    causal = table[table["metric"].str.startswith("causal_")]
+    tasks = set(table["task"])
+    assert tasks == {"task_1"}
+    assert set(causal["model"]) == {DE_BASELINE} and len(causal) == 6
+    # the DE rows are exactly the metrics of the mean shifts of the train cells' programs
+    factual, task = sde_bundle.factual, sorted(tasks)[0]
+    train = (factual.obs[schema.split_column(task)] == "train").to_numpy()
+    x = factual.obsm[L.LATENT_PROGRAMS][train]
+    u = schema.true_concepts(factual).to_numpy()[train].astype(np.int64)
+    a = L.read_system(factual).drift_matrix
+    de = differential_expression_matrix(x, u)
+    got = causal[(causal.model == DE_BASELINE) & (causal.task == task)].set_index("metric")
+    for name in CAUSAL_METRICS:
+        assert got.loc[name, "value"] == getattr(M, name)(de, a)
+
+
+def test_causal_scores_are_empty_off_the_linear_sde_process(sde_bundle):
+    from simcell.evaluation.metrics.causal import causal_scores
+    from simcell.simulator import schema
+
+    factual = sde_bundle.factual.copy()
+    factual.uns[schema.UNS][schema.UNS_PROCESS] = schema.CONCEPT_LATENT
+    assert causal_scores(factual, np.arange(10)) == {}
+    # a registered model without ``causal_matrix`` gives none either
+    assert causal_scores(sde_bundle.factual, np.arange(10), model="mean_shift") == {}
