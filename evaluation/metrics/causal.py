@@ -33,7 +33,7 @@ import numpy.typing as npt
 from sklearn.metrics import f1_score, roc_auc_score
 
 from simcell import SimcellError
-from simcell.evaluation.metrics._registry import register_metric
+from simcell.evaluation.metrics._registry import list_metrics, register_metric
 
 __all__ = [
     "DE_BASELINE",
@@ -187,14 +187,6 @@ def causal_pearson_undirected(causal_pred: npt.ArrayLike, causal_true: npt.Array
 
 #: the model name of the differential-expression rows (:func:`causal_scores` without a model)
 DE_BASELINE = "de_baseline"
-_SCORES = (
-    causal_auroc,
-    causal_auroc_undirected,
-    causal_f1,
-    causal_f1_undirected,
-    causal_pearson,
-    causal_pearson_undirected,
-)
 
 
 def causal_scores(
@@ -232,8 +224,8 @@ def causal_scores(
     Returns
     -------
     dict
-        Metric name -> value; empty when the bundle is not ``linear-sde`` or the
-        model gives no causal matrix.
+        Registered ``causal``-level metric name -> value; empty when the bundle
+        is not ``linear-sde`` or the model gives no causal matrix.
     """
     from simcell.simulator import linear_sde, schema
 
@@ -259,4 +251,7 @@ def causal_scores(
         fitted = create_model(model, preset=preset, device=device, seed=seed, progress_bar=False)
         fitted.fit(programs.astype(np.float32), indicators.astype(np.float32))
         estimate = fitted.causal_matrix()
-    return {score.__name__: score(estimate, truth) for score in _SCORES}
+    return {
+        metric.name: float(metric.fn(causal_pred=estimate, causal_true=truth))
+        for metric in list_metrics(level="causal")
+    }
