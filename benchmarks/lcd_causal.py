@@ -24,7 +24,14 @@ from simcell.models import create_model
 from simcell.models.clipr import clipr, differential_expression_matrix
 from simcell.simulator import linear_sde as L
 
-SCORES = ("auroc", "auroc_undirected", "f1", "f1_undirected")
+SCORES = (
+    "auroc",
+    "auroc_undirected",
+    "f1",
+    "f1_undirected",
+    "pearson",
+    "pearson_undirected",
+)
 
 
 def causal_rows(d: int, seed: int, preset: str, device: str) -> tuple[list[dict], list[dict]]:
@@ -51,7 +58,7 @@ def causal_rows(d: int, seed: int, preset: str, device: str) -> tuple[list[dict]
     }
     causal = []
     for name, matrix in estimates.items():
-        row = {"d": d, "seed": seed, "estimator": name}
+        row = {"d": d, "seed": seed, "estimator": name, "seconds": seconds}
         row.update({s: getattr(M, f"causal_{s}")(matrix, system.drift_matrix) for s in SCORES})
         causal.append(row)
     heldout = []
@@ -78,6 +85,7 @@ def causal_rows(d: int, seed: int, preset: str, device: str) -> tuple[list[dict]
                     "mean_rmse": float(np.sqrt(np.mean((pred.mean(0) - twins.mean(0)) ** 2))),
                     "sd_rmse": float(np.sqrt(np.mean((pred.std(0) - twins.std(0)) ** 2))),
                     "energy": float(M.energy_distance(pred, twins)),
+                    "mmd": float(M.mmd(pred, twins, device="cpu")),
                 }
             )
     print(f"# d={d} seed={seed}: lcd ({preset}) trained in {seconds:.0f} s", flush=True)
@@ -104,9 +112,10 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print(causal.round(3).to_string(index=False))
     print(causal.groupby(["d", "estimator"])[list(SCORES)].agg(["mean", "std"]).round(3))
+    print(causal.groupby("d")["seconds"].mean().round(1).rename("lcd training seconds"))
     heldout["kind"] = heldout["task"].str.split(":").str[1]
     print(
-        heldout.groupby(["d", "kind", "model"])[["mse", "mean_rmse", "sd_rmse", "energy"]]
+        heldout.groupby(["d", "kind", "model"])[["mse", "mean_rmse", "sd_rmse", "energy", "mmd"]]
         .mean()
         .round(3)
     )

@@ -701,6 +701,16 @@ class _Clock:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
+def _causal_rows(factual, train, concepts, labels, task, model=None, config=None):
+    """Causal-matrix scores against a ``linear-sde`` bundle's true A (space ``latent``):
+    the DE baseline (no ``model``) or the model refitted on the true programs."""
+    from simcell.evaluation.metrics.causal import DE_BASELINE, causal_scores
+
+    options = {} if config is None else {"preset": config.preset, "device": config.device}
+    scores = causal_scores(factual, train, concepts, model, seed=labels.seed, **options)
+    return [labels.row(task, model or DE_BASELINE, "latent", k, v) for k, v in scores.items()]
+
+
 def _train_latents(factual, data: TaskData) -> dict[str, np.ndarray]:
     """The bundle's true latents of the task's train cells (empty when it stores none)."""
     return {name: value[data.train] for name, value in schema.true_latents(factual).items()}
@@ -908,6 +918,7 @@ def _evaluate_task(
             )
         if truth is None:  # real cells: the floor is a split of the heldout population
             rows += _split_floor_rows(data, base, seed)
+        rows += _causal_rows(bundle.factual, data.train, None, base, name)
     has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
     if truth is not None and not has_oracle:
         log.info(
@@ -978,6 +989,9 @@ def _evaluate_task(
                     schema.cell_types(bundle.factual)[data.train],
                     labels,
                     _train_latents(bundle.factual, data),
+                )
+                rows += _causal_rows(
+                    bundle.factual, data.train, annotations.train, labels, name, model_name, config
                 )
     if brought is not None:
         with clock.step(name, "predictions"):

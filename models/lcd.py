@@ -39,7 +39,13 @@ from simcell import SimcellError
 
 from ._common import NeuralModel, map_batches, to_tensor
 from ._concepts import check_counterfactual_inputs, check_fit_inputs, edited_mask
-from ._config import FAST_MAX_STEPS, NeuralConfig, check_fraction, check_positive
+from ._config import (
+    FAST_MAX_STEPS,
+    NeuralConfig,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+)
 from ._nn import ResidualMLP
 from ._trainer import _generator, build_module
 from .base import ConceptKind
@@ -98,10 +104,9 @@ class LCDConfig(NeuralConfig):
         )
         check_positive(self, "newton_steps")
         check_fraction(self, "dropout")
+        check_non_negative(self, "tikhonov")
         if not 0 < self.sigma_min <= self.sigma_max:
             raise SimcellError("LCDConfig needs 0 < sigma_min <= sigma_max")
-        if not self.tikhonov >= 0:
-            raise SimcellError("LCDConfig.tikhonov must be >= 0")
         if not self.langevin_step_size > 0:
             raise SimcellError("LCDConfig.langevin_step_size must be > 0")
 
@@ -137,10 +142,13 @@ LCD_PRESETS: dict[str, LCDConfig] = {
         max_epochs=300,
         batch_size=256,
     ),
+    # embedding_dim 64, not 16: the drift must shift by one independent vector per
+    # perturbation, and with 48 perturbations (d = 50) a 16-d embedding could not carry
+    # them (directed AUROC 0.66 at d = 50, seed 0; 0.94 with 64, at no measurable cost)
     "fast": LCDConfig(
         hidden_dim=64,
         n_layers=2,
-        embedding_dim=16,
+        embedding_dim=64,
         sigma_max=1.0,
         sigma_min=0.05,
         n_levels=8,
@@ -428,6 +436,11 @@ class LCD(NeuralModel):
         f0 = self.drift(np.zeros_like(fixed), queries)
         weight = self.config.tikhonov if tikhonov is None else tikhonov
         return clipr(f0[1:], fixed[1:], fixed[0], tikhonov=weight)
+
+    def causal_matrix(self) -> np.ndarray:
+        """Â of :meth:`clipr` over every perturbation seen in training, shape (d, d)
+        (what ``simcell evaluate`` scores against a ``linear-sde`` bundle's A)."""
+        return self.clipr().drift_matrix
 
     def sample(self, concepts: np.ndarray, *, start: np.ndarray | None = None) -> np.ndarray:
         """Annealed Langevin samples, one per row of ``concepts`` (seeded by the model

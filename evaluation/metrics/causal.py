@@ -17,6 +17,11 @@ i < j the entry of larger magnitude among ``[i, j]`` and ``[j, i]`` (with its
 sign). A symmetric estimate such as −Σ⁻¹ (the Jacobian of a Gaussian score)
 can score well undirected and poorly directed; recovering A scores well on both.
 
+:func:`causal_scores` is what ``simcell evaluate`` calls on a ``linear-sde``
+bundle: every score above for a model that gives a causal matrix (a
+``causal_matrix()`` method, e.g. ``lcd`` through CLIPR) refitted on the train
+cells' true gene programs, or for the differential-expression baseline.
+
 Reference: Lorch et al., *Latent causal diffusions for single-cell
 perturbation modeling* (2026), causal analysis.
 """
@@ -28,15 +33,17 @@ import numpy.typing as npt
 from sklearn.metrics import f1_score, roc_auc_score
 
 from simcell import SimcellError
-from simcell.evaluation.metrics._registry import register_metric
+from simcell.evaluation.metrics._registry import list_metrics, register_metric
 
 __all__ = [
+    "DE_BASELINE",
     "causal_auroc",
     "causal_auroc_undirected",
     "causal_f1",
     "causal_f1_undirected",
     "causal_pearson",
     "causal_pearson_undirected",
+    "causal_scores",
     "sign_classes",
     "undirected_entries",
 ]
@@ -176,3 +183,75 @@ def causal_pearson_undirected(causal_pred: npt.ArrayLike, causal_true: npt.Array
     """Pearson correlation of the symmetrised entries."""
     pred, true = _pair(causal_pred, causal_true)
     return _pearson(undirected_entries(pred), undirected_entries(true))
+
+
+#: the model name of the differential-expression rows (:func:`causal_scores` without a model)
+DE_BASELINE = "de_baseline"
+
+
+def causal_scores(
+    factual,
+    train: np.ndarray,
+    concepts: np.ndarray | None = None,
+    model: str | None = None,
+    *,
+    preset: str = "fast",
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Causal-matrix scores of a model (or of the DE baseline) on a ``linear-sde`` bundle.
+
+    The estimate is read in the space of the true drift matrix A, the gene
+    programs x the bundle stores in ``obsm`` (the process's ``gaussian``
+    observation): ``model`` is created (``preset``, ``device``, ``seed``), fitted
+    on the train cells' programs and ``concepts`` and asked for its
+    ``causal_matrix()``; without ``model``, the estimate is
+    :func:`~simcell.models.clipr.differential_expression_matrix` of the same cells.
+
+    Parameters
+    ----------
+    factual : AnnData
+        The bundle's factual cells.
+    train : ndarray of bool or int
+        The task's train cells (mask or positions into ``factual``).
+    concepts : ndarray, shape (n_train, d), optional
+        Perturbation indicators of those cells as the model sees them (NaN: not
+        annotated, read as not perturbed); default: the bundle's true ones.
+    model : str, optional
+        A registered model name.
+    preset, device, seed : str, str, int
+
+    Returns
+    -------
+    dict
+        Registered ``causal``-level metric name -> value; empty when the bundle
+        is not ``linear-sde`` or the model gives no causal matrix.
+    """
+    from simcell.simulator import linear_sde, schema
+
+    if schema.process_name(factual) != linear_sde.PROCESS:
+        return {}
+    if model is not None:
+        from simcell.models import get_model_class
+
+        if not callable(getattr(get_model_class(model), "causal_matrix", None)):
+            return {}
+    truth = linear_sde.read_system(factual).drift_matrix
+    programs = np.asarray(factual.obsm[linear_sde.LATENT_PROGRAMS], dtype=np.float64)[train]
+    if concepts is None:
+        concepts = schema.true_concepts(factual).to_numpy()[train]
+    indicators = np.nan_to_num(np.asarray(concepts, dtype=np.float64), nan=0.0)
+    if model is None:
+        from simcell.models.clipr import differential_expression_matrix
+
+        estimate = differential_expression_matrix(programs, (indicators != 0).astype(np.int64))
+    else:
+        from simcell.models import create_model
+
+        fitted = create_model(model, preset=preset, device=device, seed=seed, progress_bar=False)
+        fitted.fit(programs.astype(np.float32), indicators.astype(np.float32))
+        estimate = fitted.causal_matrix()
+    return {
+        metric.name: float(metric.fn(causal_pred=estimate, causal_true=truth))
+        for metric in list_metrics(level="causal")
+    }
