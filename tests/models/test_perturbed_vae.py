@@ -173,12 +173,19 @@ def test_runs_on_cuda(cuda_device, tiny):
 #   perturbed_vae_noalign  0.745 0.762 0.675    0.497 0.488 0.597      0.587 0.852 0.789
 #   single environment     0.714 0.767 0.728    0.526 0.344 0.627      0.607 0.795 0.808
 #     (perturbed_vae trained on the ~400 controls alone)
+#   references (from the true latents alone):
+#   random 8-dim split     0.893 0.935 0.934 (95th percentile of random_split_r2_reference)
+#   rotated z_ν                                 0.77-0.82 (mean of rotation_mcc_reference)
+#   z_ι itself                                                         0.187 0.382 0.381
 #
-# Random latents score R² ≈ 0 and MCC ≈ 0.03 at this size (metric tests). So the
-# blocks do recover both latents far above chance, but the paper's effect of the
-# alignment (invariant R² 0.97 vs 0.66) is NOT reproduced here: the difference is
-# 0.002 ± 0.015 over the 3 seeds, and the single-environment control is not
-# measurably worse. The tests assert what was measured.
+# Random latents score R² ≈ 0 and MCC ≈ 0.03, so the blocks hold both latents far
+# above chance; but they do not identify them. A random 8-dim subspace of the
+# joint latent (z_ι, z_ν) recovers z_ι better than the learned 8-dim invariant
+# block, the responsive MCC is below that of a mere rotation of the true z_ν, and
+# the invariant block holds about twice the z_ν that z_ι itself explains (through
+# Γ). The whole representation holds z_ι with R² ≈ 0.89 (a supervised regressor
+# from the counts reaches 0.95): what fails is the split between the blocks, and
+# the alignment does not change it (gap 0.002 ± 0.015). The test below pins this.
 
 IDENTIFIABILITY = dict(n_genes=100, n_controls=400, n_per_single=150, n_per_double=60)
 #: below the smallest of the 9 measured invariant R² (0.675) and responsive MCC (0.344)
@@ -239,15 +246,28 @@ def test_without_controls_the_alignment_has_nothing_to_align(tiny):
     )
 
 
+@pytest.mark.slow
 def test_alignment_over_three_seeds_as_measured():
     """The paper's 0.97 vs 0.66 is not reproduced (see the table above): both
-    variants recover z_ι alike; this pins the measured relation, so a change that
-    makes the alignment matter shows up here."""
+    variants recover z_ι alike and below a random split of the latents; this pins
+    the measured relation, so a change that makes the alignment matter (or the
+    split identified) shows up here."""
+    from simcell.evaluation.metrics.identifiability import random_split_r2_reference
+
     align = [_recovery("perturbed_vae", seed) for seed in range(3)]
     noalign = [_recovery("perturbed_vae_noalign", seed) for seed in range(3)]
-    for scores in align + noalign:
+    for seed, scores in enumerate(align + noalign):
         assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
         assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+        dataset = simulate(PerturbParams(**IDENTIFIABILITY), seed=seed % 3)
+        train = dataset.tasks[0].split == "train"
+        split = random_split_r2_reference(
+            dataset.cells.z_invariant[train],
+            dataset.z_responsive[train],
+            get_preset("perturbed_vae", "fast").invariant_dim,
+            seed=0,
+        )
+        assert scores["invariant_r2"] < np.quantile(split, 0.95)
     gap = np.mean(
         [a["invariant_r2"] - b["invariant_r2"] for a, b in zip(align, noalign, strict=True)]
     )
