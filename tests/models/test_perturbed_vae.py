@@ -272,3 +272,49 @@ def test_alignment_over_three_seeds_as_measured():
         [a["invariant_r2"] - b["invariant_r2"] for a, b in zip(align, noalign, strict=True)]
     )
     assert abs(gap) < 0.05
+
+
+def test_mean_alignment_penalises_each_perturbations_mean_shift_only(tiny):
+    """``alignment_kind="mean"``: Σ_u (n_u / n) ‖mean_u μ_ι − mean of random controls' μ_ι‖²
+    over the batch's perturbed u, in closed form against the same random controls."""
+    from simcell.models._trainer import build_module
+    from simcell.models.perturbed_vae import PerturbedVAEModule
+
+    _, x, u, _ = tiny
+    config = get_preset("perturbed_vae", "fast").replace(alignment_kind="mean", alignment=1.0)
+    module = build_module(lambda: PerturbedVAEModule(x.shape[1], u.shape[1], config), seed=0)
+    controls = u.sum(axis=1) == 0
+    module.controls = torch.as_tensor(x[controls])
+    batch = np.r_[np.flatnonzero(controls)[:10], np.flatnonzero(~controls)[:40]]
+    xb, ub = torch.as_tensor(x[batch]), torch.as_tensor(u[batch])
+    with torch.no_grad():
+        mean_i, _ = module.encoder_invariant(torch.log1p(xb / xb.sum(-1, keepdim=True) * 1e4))
+        gap = module._mean_gap(mean_i, ub, torch.Generator().manual_seed(4))
+        pick = torch.randint(
+            len(module.controls), (len(batch),), generator=torch.Generator().manual_seed(4)
+        )
+        partner = module.controls[pick]
+        reference, _ = module.encoder_invariant(
+            torch.log1p(partner / partner.sum(-1, keepdim=True) * 1e4)
+        )
+    mean_i, reference = mean_i.numpy(), reference.numpy().mean(axis=0)
+    expected = 0.0
+    for label in np.unique(u[batch], axis=0):
+        rows = (u[batch] == label).all(axis=1)
+        if label.sum() > 0:
+            expected += rows.mean() * np.sum((mean_i[rows].mean(axis=0) - reference) ** 2)
+    assert float(gap) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(SimcellError, match="alignment_kind"):
+        config.replace(alignment_kind="pairs")
+
+
+def test_mean_alignment_trains_and_differs_from_the_pair(tiny):
+    _, x, u, train = tiny
+    fits = [
+        create_model(
+            "perturbed_vae", device="cpu", seed=3, progress_bar=False, max_epochs=2, **extra
+        ).fit(x[train], u[train])
+        for extra in ({}, {"alignment_kind": "mean", "alignment": 100.0})
+    ]
+    blocks = [fit.encode(x[:20], u[:20]).blocks["invariant"] for fit in fits]
+    assert np.all(np.isfinite(blocks[1])) and not np.array_equal(*blocks)
