@@ -655,6 +655,50 @@ def _representation_rows(
                 continue
             name = f"{metric.name}:{block_name}" if several else metric.name
             rows.append(labels.row(task, model_name, "latent", name, value))
+    rows += _identifiability_rows(task, model_name, representation, latents, labels)
+    return rows
+
+
+def _identifiability_rows(task, model_name, representation, latents, labels):
+    """Per block with a true latent: the wrong-block leakage
+    ``wrong_block_r2:<block>:<latent>`` (linear R² of a latent the block does not
+    target) and two bars for reading its scores: ``latent_mcc_rotation95:<block>``
+    (95th percentile of the MCC of randomly rotated true latents: an MCC below it
+    says no more than "identified up to a linear map") and
+    ``block_r2_random_split95:<block>`` (95th percentile of the block R² of a
+    random subspace of all the true latents as wide as the block: a block R²
+    below it says the split between blocks is not identified)."""
+    from simcell.evaluation.metrics.identifiability import (
+        _split_reference95,
+        rotation_mcc_reference,
+        wrong_block_r2,
+    )
+
+    present = {b: t for b, t in representation.targets.items() if t in latents}
+    blocks = {b: representation.blocks[b] for b in present}
+    blocks = {b: v[:, v.std(axis=0) > 0] for b, v in blocks.items()}
+    blocks = {b: v for b, v in blocks.items() if v.shape[1]}
+    present = {b: t for b, t in present.items() if b in blocks}
+    rows = []
+    try:
+        for (block, latent), value in wrong_block_r2(
+            blocks, present, latents, seed=labels.seed
+        ).items():
+            metric = f"wrong_block_r2:{block}:{latent}"
+            rows.append(labels.row(task, model_name, "latent", metric, value))
+        for block, target in present.items():
+            if latents[target].shape[1] >= 2:
+                reference = rotation_mcc_reference(latents[target], seed=labels.seed)
+                metric = f"latent_mcc_rotation95:{block}"
+                rows.append(
+                    labels.row(task, model_name, "latent", metric, np.quantile(reference, 0.95))
+                )
+            if len(latents) > 1:
+                value = _split_reference95(blocks[block], target, latents, labels.seed)
+                metric = f"block_r2_random_split95:{block}"
+                rows.append(labels.row(task, model_name, "latent", metric, value))
+    except SimcellError as error:  # e.g. a constant true latent dim: said why
+        log.warning("%s %s identifiability rows: %s", task, model_name, error)
     return rows
 
 

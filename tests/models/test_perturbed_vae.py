@@ -173,12 +173,19 @@ def test_runs_on_cuda(cuda_device, tiny):
 #   perturbed_vae_noalign  0.745 0.762 0.675    0.497 0.488 0.597      0.587 0.852 0.789
 #   single environment     0.714 0.767 0.728    0.526 0.344 0.627      0.607 0.795 0.808
 #     (perturbed_vae trained on the ~400 controls alone)
+#   references (from the true latents alone):
+#   random 8-dim split     0.893 0.935 0.934 (95th percentile of random_split_r2_reference)
+#   rotated z_ν                                 0.77-0.82 (mean of rotation_mcc_reference)
+#   z_ι itself                                                         0.187 0.382 0.381
 #
-# Random latents score R² ≈ 0 and MCC ≈ 0.03 at this size (metric tests). So the
-# blocks do recover both latents far above chance, but the paper's effect of the
-# alignment (invariant R² 0.97 vs 0.66) is NOT reproduced here: the difference is
-# 0.002 ± 0.015 over the 3 seeds, and the single-environment control is not
-# measurably worse. The tests assert what was measured.
+# Random latents score R² ≈ 0 and MCC ≈ 0.03, so the blocks hold both latents far
+# above chance; but they do not identify them. A random 8-dim subspace of the
+# joint latent (z_ι, z_ν) recovers z_ι better than the learned 8-dim invariant
+# block, the responsive MCC is below that of a mere rotation of the true z_ν, and
+# the invariant block holds about twice the z_ν that z_ι itself explains (through
+# Γ). The whole representation holds z_ι with R² ≈ 0.89 (a supervised regressor
+# from the counts reaches 0.95): what fails is the split between the blocks, and
+# the alignment does not change it (gap 0.002 ± 0.015). The test below pins this.
 
 IDENTIFIABILITY = dict(n_genes=100, n_controls=400, n_per_single=150, n_per_double=60)
 #: below the smallest of the 9 measured invariant R² (0.675) and responsive MCC (0.344)
@@ -239,16 +246,132 @@ def test_without_controls_the_alignment_has_nothing_to_align(tiny):
     )
 
 
+@pytest.mark.slow
 def test_alignment_over_three_seeds_as_measured():
     """The paper's 0.97 vs 0.66 is not reproduced (see the table above): both
-    variants recover z_ι alike; this pins the measured relation, so a change that
-    makes the alignment matter shows up here."""
+    variants recover z_ι alike and below a random split of the latents; this pins
+    the measured relation, so a change that makes the alignment matter (or the
+    split identified) shows up here."""
+    from simcell.evaluation.metrics.identifiability import random_split_r2_reference
+
     align = [_recovery("perturbed_vae", seed) for seed in range(3)]
     noalign = [_recovery("perturbed_vae_noalign", seed) for seed in range(3)]
-    for scores in align + noalign:
+    for seed, scores in enumerate(align + noalign):
         assert scores["invariant_r2"] >= INVARIANT_R2_FLOOR
         assert scores["responsive_mcc"] >= RESPONSIVE_MCC_FLOOR
+        dataset = simulate(PerturbParams(**IDENTIFIABILITY), seed=seed % 3)
+        train = dataset.tasks[0].split == "train"
+        split = random_split_r2_reference(
+            dataset.cells.z_invariant[train],
+            dataset.z_responsive[train],
+            get_preset("perturbed_vae", "fast").invariant_dim,
+            seed=0,
+        )
+        assert scores["invariant_r2"] < np.quantile(split, 0.95)
     gap = np.mean(
         [a["invariant_r2"] - b["invariant_r2"] for a, b in zip(align, noalign, strict=True)]
     )
     assert abs(gap) < 0.05
+
+
+def test_mean_alignment_penalises_each_perturbations_mean_shift_only(tiny):
+    """``alignment_kind="mean"``: Σ_u (n_u / n) ‖mean_u μ_ι − mean of random controls' μ_ι‖²
+    over the batch's perturbed u, in closed form against the same random controls."""
+    from simcell.models._trainer import build_module
+    from simcell.models.perturbed_vae import PerturbedVAEModule
+
+    _, x, u, _ = tiny
+    config = get_preset("perturbed_vae", "fast").replace(alignment_kind="mean", alignment=1.0)
+    module = build_module(lambda: PerturbedVAEModule(x.shape[1], u.shape[1], config), seed=0)
+    controls = u.sum(axis=1) == 0
+    module.controls = torch.as_tensor(x[controls])
+    batch = np.r_[np.flatnonzero(controls)[:10], np.flatnonzero(~controls)[:40]]
+    xb, ub = torch.as_tensor(x[batch]), torch.as_tensor(u[batch])
+    with torch.no_grad():
+        mean_i, _ = module.encoder_invariant(torch.log1p(xb / xb.sum(-1, keepdim=True) * 1e4))
+        gap = module._mean_gap(mean_i, ub, torch.Generator().manual_seed(4))
+        pick = torch.randint(
+            len(module.controls), (len(batch),), generator=torch.Generator().manual_seed(4)
+        )
+        partner = module.controls[pick]
+        reference, _ = module.encoder_invariant(
+            torch.log1p(partner / partner.sum(-1, keepdim=True) * 1e4)
+        )
+    mean_i, reference = mean_i.numpy(), reference.numpy().mean(axis=0)
+    expected = 0.0
+    for label in np.unique(u[batch], axis=0):
+        rows = (u[batch] == label).all(axis=1)
+        if label.sum() > 0:
+            expected += rows.mean() * np.sum((mean_i[rows].mean(axis=0) - reference) ** 2)
+    assert float(gap) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(SimcellError, match="alignment_kind"):
+        config.replace(alignment_kind="pairs")
+
+
+def test_mean_alignment_trains_and_differs_from_the_pair(tiny):
+    _, x, u, train = tiny
+    fits = [
+        create_model(
+            "perturbed_vae", device="cpu", seed=3, progress_bar=False, max_epochs=2, **extra
+        ).fit(x[train], u[train])
+        for extra in ({}, {"alignment_kind": "mean", "alignment": 100.0})
+    ]
+    blocks = [fit.encode(x[:20], u[:20]).blocks["invariant"] for fit in fits]
+    assert np.all(np.isfinite(blocks[1])) and not np.array_equal(*blocks)
+
+
+# Where the alignment matters: perturb-identifiability-linear (every gene reads both
+# latents), invariant_dim = d_ι = 6, fast preset, seeds 0, 1, 2, ~1,000 train cells:
+#
+#                                 invariant R² (z_ι)    leakage R² (z_ν | inv.)
+#   alignment_kind="mean", α=100  0.804 0.832 0.777     0.286 0.248 0.219
+#   pair, α=0.05 (the paper)      0.671 0.584 0.606     0.749 0.730 0.832
+#   no alignment                  0.642 0.591 0.607     0.780 0.736 0.813
+#   random 6-dim split: mean      0.630 0.680 0.686     (95th pct 0.719 0.768 0.769)
+#   z_ι itself                                          0.187 0.382 0.381
+#
+# The environment-mean alignment identifies the split (above every random split's
+# mean, leakage down to what Γ z_ι explains); the paper's pair alignment does not.
+
+LINEAR_REGIME = dict(IDENTIFIABILITY, mixing="linear", responsive_gene_fraction=1.0)
+
+
+@pytest.mark.slow
+def test_environment_mean_alignment_identifies_the_invariant_block():
+    from simcell.evaluation import metrics
+    from simcell.evaluation.metrics.identifiability import random_split_r2_reference
+
+    gaps = []
+    for seed in range(3):
+        dataset = simulate(PerturbParams(**LINEAR_REGIME), seed=seed)
+        train = np.flatnonzero(dataset.tasks[0].split == "train")
+        x = dataset.factual.X.toarray().astype(np.float32)
+        u = dataset.cells.perturbations.astype(np.float32)
+        z_invariant, z_responsive = dataset.cells.z_invariant[train], dataset.z_responsive[train]
+        scores = {}
+        for kind, extra in (
+            ("mean", {"alignment_kind": "mean", "alignment": 100.0}),
+            ("none", {"alignment": 0.0}),
+        ):
+            model = create_model(
+                "perturbed_vae",
+                device="cpu",
+                seed=seed,
+                progress_bar=False,
+                invariant_dim=6,
+                **extra,
+            ).fit(x[train], u[train])
+            block = model.encode(x[train], u[train]).blocks["invariant"]
+            scores[kind] = (
+                metrics.block_r2(block, z_invariant),
+                metrics.block_r2(block, z_responsive),
+            )
+        split = random_split_r2_reference(z_invariant, z_responsive, 6, seed=0)
+        ideal_leak = metrics.block_r2(z_invariant, z_responsive)
+        (r2_mean, leak_mean), (r2_none, leak_none) = scores["mean"], scores["none"]
+        assert r2_mean > r2_none + 0.08
+        assert r2_mean > np.mean(split) + 0.05
+        assert r2_none < np.quantile(split, 0.95)
+        assert leak_mean < leak_none - 0.3 and leak_mean < ideal_leak + 0.15
+        gaps.append(r2_mean - np.quantile(split, 0.95))
+    assert np.mean(gaps) > 0.02

@@ -232,11 +232,28 @@ def test_the_concept_latent_process_is_the_default():
         ({"leaky_slope": 0.0}, "leaky_slope"),
         ({"n_genes": 8}, "injective"),
         ({"mixing": "tanh"}, "mixing"),
+        ({"responsive_noise_sd": -1.0}, "responsive_noise_sd"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(change, message):
     with pytest.raises(SimcellError, match=message):
         PerturbParams(**{**SMALL, **change})
+
+
+def test_responsive_noise_sd_scales_eta_and_nothing_else():
+    small = dict(SMALL, n_controls=40, n_per_single=10, n_per_double=5)
+    unit = simulate(PerturbParams(**small), seed=3)
+    scaled = simulate(PerturbParams(**small, responsive_noise_sd=0.25), seed=3)
+    np.testing.assert_array_equal(scaled.cells.eta, 0.25 * unit.cells.eta)
+    np.testing.assert_array_equal(scaled.cells.z_invariant, unit.cells.z_invariant)
+    np.testing.assert_array_equal(scaled.cells.library_size, unit.cells.library_size)
+
+
+def test_the_linear_variant_is_a_shipped_scenario():
+    params = scenarios.load("perturb-identifiability-linear")
+    base = scenarios.load("perturb-identifiability")
+    assert (params.mixing, params.responsive_gene_fraction) == ("linear", 1.0)
+    assert params.replace(mixing="mlp", responsive_gene_fraction=0.5) == base
 
 
 def test_a_scenario_with_an_unknown_key_is_refused(tmp_path):

@@ -1,0 +1,107 @@
+"""Identifiability on the perturb-identifiability process: where it holds and where it must fail.
+
+The reference estimator is the alignment at its optimum for a linear mixing:
+the invariant block is the part of the (log-normalised) expression whose mean
+is the same in every environment. With the controls and the P single
+perturbations (P >= d_ν, every responsive latent shifted) the environments'
+mean differences span the image of z_ν, and their orthogonal complement holds
+z_ι alone. With a single environment (the controls) there is nothing to align:
+the block is a d_ι-dim subspace of the joint latent the data cannot single out.
+
+Every gene reads both latents here (``responsive_gene_fraction = 1``): with
+genes that read z_ι alone, z_ι dominates the expression variance and even the
+controls' leading components find it, so the negative control would not fail.
+
+Measured (seeds 0, 1, 2; train cells of task_0, 1,000 cells, 100 genes):
+
+                              z_ι R² of the block      wrong-block R² (z_ν)
+  many environments           0.879 0.858 0.797        0.179 0.325 0.293
+  single environment          0.680 0.643 0.629        0.795 0.882 0.863
+  random split, 95th pct      0.719 0.768 0.769        (mean 0.67-0.75)
+  ideal leakage R²(z_ν | z_ι)                          0.187 0.382 0.381
+
+The margins below sit inside these gaps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simcell.evaluation import metrics
+from simcell.evaluation.metrics.identifiability import random_split_r2_reference
+from simcell.simulator.perturb import PerturbParams, simulate
+
+LINEAR = dict(
+    n_genes=100,
+    n_controls=400,
+    n_per_single=150,
+    n_per_double=60,
+    mixing="linear",
+    responsive_gene_fraction=1.0,
+)
+
+
+def _aligned_invariant_block(x: np.ndarray, u: np.ndarray, d_invariant: int, d_all: int):
+    """The d_invariant leading components of the expression's principal subspace
+    (d_all components) after projecting out every environment's mean shift from
+    the controls (none with controls only)."""
+    features = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
+    features -= features.mean(axis=0)
+    _, _, vt = np.linalg.svd(features, full_matrices=False)
+    components = features @ vt[:d_all].T
+    controls = u.sum(axis=1) == 0
+    shifts = [
+        components[(u == row).all(axis=1)].mean(axis=0) - components[controls].mean(axis=0)
+        for row in np.unique(u[~controls], axis=0)
+    ]
+    if shifts:
+        _, singular, directions = np.linalg.svd(np.array(shifts))
+        rank = int((singular > 1e-8 * singular[0]).sum())
+        keep = np.linalg.svd(np.eye(d_all) - directions[:rank].T @ directions[:rank])[0]
+        components = components @ keep[:, : d_all - rank]
+    return components[:, :d_invariant]
+
+
+@pytest.fixture(scope="module")
+def scores():
+    out = []
+    for seed in range(3):
+        params = PerturbParams(**LINEAR)
+        dataset = simulate(params, seed=seed)
+        train = np.flatnonzero(dataset.tasks[0].split == "train")
+        x = dataset.factual.X.toarray().astype(np.float64)
+        u = dataset.cells.perturbations
+        d_all = params.d_invariant + params.d_responsive
+        controls = train[u[train].sum(axis=1) == 0]
+        row = {}
+        for setting, cells in (("many", train), ("single", controls)):
+            block = _aligned_invariant_block(x[cells], u[cells], params.d_invariant, d_all)
+            z_inv, z_resp = dataset.cells.z_invariant[cells], dataset.z_responsive[cells]
+            row[setting] = metrics.block_r2(block, z_inv)
+            row[f"{setting}_leak"] = metrics.block_r2(block, z_resp)
+            reference = random_split_r2_reference(z_inv, z_resp, params.d_invariant, seed=0)
+            row[f"{setting}_split95"] = float(np.quantile(reference, 0.95))
+        z_inv, z_resp = dataset.cells.z_invariant[train], dataset.z_responsive[train]
+        row["ideal_leak"] = metrics.block_r2(z_inv, z_resp)
+        out.append(row)
+    return out
+
+
+def test_many_environments_identify_the_invariant_block(scores):
+    for row in scores:
+        # above what any non-identified block of that width scores
+        assert row["many"] > row["many_split95"]
+        # and it holds no more of z_ν than z_ι itself explains (through Γ)
+        assert row["many_leak"] < row["ideal_leak"] + 0.1
+    assert np.mean([r["many"] - r["many_split95"] for r in scores]) > 0.05
+
+
+def test_a_single_environment_fails_measurably(scores):
+    """The negative control: the same estimator on the controls alone recovers z_ι
+    no better than a random split, and its block is full of z_ν."""
+    for row in scores:
+        assert row["single"] < row["single_split95"]
+        assert row["single"] < row["many"] - 0.1
+        assert row["single_leak"] > row["many_leak"] + 0.4
+        assert row["single_leak"] > row["ideal_leak"] + 0.3
