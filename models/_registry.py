@@ -30,7 +30,7 @@ from .flow_models import (
     VanillaFMEdit,
 )
 from .lcd import LCD
-from .perturbed_vae import PerturbedVAE, PerturbedVAENoAlign
+from .perturbed_vae import PerturbedVAE, PerturbedVAEMeanAlign, PerturbedVAENoAlign
 from .sccbgm import CBGM, SCCBGM
 from .scgen import SCGen
 
@@ -73,6 +73,7 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         CausCellIND,
         PerturbedVAE,
         PerturbedVAENoAlign,
+        PerturbedVAEMeanAlign,
     )
 }
 

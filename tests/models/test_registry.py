@@ -36,6 +36,7 @@ EXPECTED_MODELS = {
     "causcell_ind",
     "perturbed_vae",
     "perturbed_vae_noalign",
+    "perturbed_vae_meanalign",
 }
 EXTERNAL_MODELS = {"biolord", "cinemaot"}  # need simcell[baselines]: test_external*.py
 
@@ -191,6 +192,7 @@ def test_representation_flags() -> None:
         "causcell_ind",
         "perturbed_vae",
         "perturbed_vae_noalign",
+        "perturbed_vae_meanalign",
     }
 
 
