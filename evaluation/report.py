@@ -122,7 +122,31 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
         direction = metric_direction(metric)
         better = f" — {direction} is better" if direction else ""
         lines += ["", f"## {metric} ({space}){better}", "", _markdown_table(table)]
+    latent = latent_table(results)
+    if not latent.empty:
+        lines += [
+            "",
+            "## Latent and causal scores (mean over tasks)",
+            "",
+            "Representation blocks against the bundle's true latents (`<metric>:<block>`), "
+            "with the bars a non-identified answer reaches (`*_rotation95`, "
+            "`*_random_split95`) and the wrong-block leakage (`wrong_block_r2`), and "
+            "causal-matrix recovery against the true drift matrix (`causal_*`; "
+            "`de_baseline` is the differential-expression estimate).",
+            "",
+            _markdown_table(latent),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def latent_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Metric × model table of the ``latent``-space rows, each the mean over tasks."""
+    part = results[results["space"] == "latent"]
+    if part.empty:
+        return pd.DataFrame()
+    means = part.groupby(["metric", "model"], sort=False)["value"].mean().unstack("model")
+    means = means[_ordered_models(part)]
+    return means.map(lambda v: "" if np.isnan(v) else f"{v:.3g}")
 
 
 def plot_metric(results: pd.DataFrame, space: str, metric: str, path: Path) -> None:
