@@ -55,6 +55,7 @@ from simcell.simulator.posterior import (
     InterventionLike,
     Transform,
     TwinPosterior,
+    _check_chunk,
     cell_posterior,
 )
 
@@ -464,20 +465,8 @@ class RealisticTwinPosterior:
             return transform(self.cells.counts[:0].astype(np.int64))
         return np.concatenate(parts, axis=0)
 
-    def mean_halves(
-        self,
-        transform: Transform,
-        n_samples: int,
-        rng: np.random.Generator,
-        *,
-        chunk: int = DEFAULT_CHUNK,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Two independent posterior means of ``n_samples // 2`` draws each."""
-        if n_samples < 2:
-            raise SimcellError(f"n_samples must be >= 2 (two halves), got {n_samples}")
-        half = n_samples // 2
-        first = self.mean(transform, half, rng, chunk=chunk)
-        return first, self.mean(transform, half, rng, chunk=chunk)
+    #: two independent half-means, exactly as the Poisson posterior's (its ``mean`` is ours)
+    mean_halves = TwinPosterior.mean_halves
 
     def same_law_sample(
         self, rng: np.random.Generator, *, chunk: int = DEFAULT_CHUNK
@@ -512,12 +501,6 @@ class RealisticTwinPosterior:
                 x = rng.binomial(x, p[:, None])
             out[rows] = x
         return out
-
-
-def _check_chunk(chunk: int) -> int:
-    if int(chunk) < 1:
-        raise SimcellError(f"chunk must be >= 1, got {chunk}")
-    return int(chunk)
 
 
 def realistic_posterior(
