@@ -41,6 +41,10 @@ def _nb_scalar(q: float, mean: float, dispersion: float) -> int:
     """
     if q <= 0.0 or mean <= 0.0:
         return 0
+    # p(0) = (1 + α μ)^(−1/α) ≥ e^{−μ} ≥ 1 − μ: a q that far below 1 − μ is certified
+    # to give 0 without the logarithm and exponential of p(0)
+    if q < 1.0 - mean - _CERTIFY_TOL:
+        return 0
     size = 1.0 / dispersion
     fail = mean / (size + mean)
     log_zero = size * math.log1p(-fail)
@@ -72,6 +76,9 @@ def _binom_scalar(q: float, n: int, p: float) -> int:
         return 0
     if p >= 1.0:
         return n
+    # p(0) = (1 − p)^n ≥ 1 − n p (Bernoulli's inequality): certified 0 without log / exp
+    if q < 1.0 - n * p - _CERTIFY_TOL:
+        return 0
     if n > _MAX_STEPS:
         return _UNCERTAIN
     odds = p / (1.0 - p)

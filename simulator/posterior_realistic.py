@@ -55,6 +55,7 @@ from simcell.simulator.posterior import (
     InterventionLike,
     Transform,
     TwinPosterior,
+    _check_chunk,
     cell_posterior,
 )
 
@@ -226,14 +227,46 @@ def _capture_grid(capture: tuple[float, float] | None) -> np.ndarray:
     return special.betaincinv(m * kappa, (1 - m) * kappa, levels)
 
 
-def library_capture_draws(
-    cells: RealisticCells, n_samples: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draws of (l_i, p_i) from their grid posterior (step 1).
+@dataclass(frozen=True, eq=False)
+class LibraryCaptureGrid:
+    """The grid posterior of (l_i, p_i) | y_i (step 1), computed once per set of cells.
+
+    Attributes
+    ----------
+    library : ndarray, shape (n_cells, n_library)
+        The library-size grid of each cell, sd_i · (−5 … 5).
+    capture : ndarray, shape (n_capture,)
+        The Beta quantile midpoints (``[1.0]`` without capture).
+    cdf : ndarray, shape (n_cells, n_library · n_capture)
+        Each cell's posterior CDF over the grid, flattened library-major.
+    """
+
+    library: np.ndarray
+    capture: np.ndarray
+    cdf: np.ndarray
+
+    def draw(self, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draws of (l_i, p_i), each of shape (n_samples, n_cells)."""
+        n, size = self.cdf.shape
+        n_p = self.capture.size
+        u = rng.random((n_samples, n))
+        pick = np.empty((n_samples, n), dtype=np.int64)
+        for i in range(n):
+            pick[:, i] = np.minimum(np.searchsorted(self.cdf[i], u[:, i], side="right"), size - 1)
+        rows = np.arange(n)[None, :]
+        return self.library[rows, pick // n_p], self.capture[pick % n_p]
+
+
+def library_capture_grid(cells: RealisticCells) -> LibraryCaptureGrid:
+    """The grid posterior of (l_i, p_i) given the observed counts (step 1).
+
+    The cost is n_cells × 861 grid points × n_genes evaluations of the NB
+    likelihood; :class:`RealisticTwinPosterior` computes it once and reuses it
+    for every later draw.
 
     Returns
     -------
-    library, capture : ndarray, each shape (n_samples, n_cells)
+    LibraryCaptureGrid
     """
     sd = cells.base.library_size_sd
     capture = _capture_grid(cells.capture)
@@ -253,12 +286,19 @@ def library_capture_draws(
     log_post -= log_post.max(axis=1, keepdims=True)
     cdf = np.cumsum(np.exp(log_post), axis=1)
     cdf /= cdf[:, -1:]
-    u = rng.random((n_samples, n))
-    pick = np.empty((n_samples, n), dtype=np.int64)
-    for i in range(n):
-        pick[:, i] = np.minimum(np.searchsorted(cdf[i], u[:, i], side="right"), n_l * n_p - 1)
-    rows = np.arange(n)[None, :]
-    return library[rows, pick // n_p], capture[pick % n_p]
+    return LibraryCaptureGrid(library=library, capture=capture, cdf=cdf)
+
+
+def library_capture_draws(
+    cells: RealisticCells, n_samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of (l_i, p_i) from their grid posterior (step 1).
+
+    Returns
+    -------
+    library, capture : ndarray, each shape (n_samples, n_cells)
+    """
+    return library_capture_grid(cells).draw(n_samples, rng)
 
 
 # ----------------------------------------------------------------- steps 2-4
@@ -359,6 +399,15 @@ class RealisticTwinPosterior:
         self.cells = cells
         self.intervention = intervention
         self._concepts = TwinPosterior(cells.base, intervention)  # validates, draws v'
+        self._grid: LibraryCaptureGrid | None = None
+
+    @property
+    def library_capture(self) -> LibraryCaptureGrid:
+        """The grid posterior of (l, p), computed on first use and then reused: it
+        depends on the observed cells only, and is the oracle's costly step."""
+        if self._grid is None:
+            self._grid = library_capture_grid(self.cells)
+        return self._grid
 
     def concept_draws(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         """Draws of v', shape (n_samples, n_cells, n_concepts)."""
@@ -368,7 +417,7 @@ class RealisticTwinPosterior:
         self, n_samples: int, rng: np.random.Generator, chunk: int
     ) -> Iterator[tuple[slice, np.ndarray]]:
         cells = self.cells
-        library, capture = library_capture_draws(cells, n_samples, rng)
+        library, capture = self.library_capture.draw(n_samples, rng)
         targets = self.concept_draws(n_samples, rng)
         for start in range(0, cells.n_cells, chunk):
             rows = slice(start, min(start + chunk, cells.n_cells))
@@ -416,20 +465,8 @@ class RealisticTwinPosterior:
             return transform(self.cells.counts[:0].astype(np.int64))
         return np.concatenate(parts, axis=0)
 
-    def mean_halves(
-        self,
-        transform: Transform,
-        n_samples: int,
-        rng: np.random.Generator,
-        *,
-        chunk: int = DEFAULT_CHUNK,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Two independent posterior means of ``n_samples // 2`` draws each."""
-        if n_samples < 2:
-            raise SimcellError(f"n_samples must be >= 2 (two halves), got {n_samples}")
-        half = n_samples // 2
-        first = self.mean(transform, half, rng, chunk=chunk)
-        return first, self.mean(transform, half, rng, chunk=chunk)
+    #: two independent half-means, exactly as the Poisson posterior's (its ``mean`` is ours)
+    mean_halves = TwinPosterior.mean_halves
 
     def same_law_sample(
         self, rng: np.random.Generator, *, chunk: int = DEFAULT_CHUNK
@@ -464,12 +501,6 @@ class RealisticTwinPosterior:
                 x = rng.binomial(x, p[:, None])
             out[rows] = x
         return out
-
-
-def _check_chunk(chunk: int) -> int:
-    if int(chunk) < 1:
-        raise SimcellError(f"chunk must be >= 1, got {chunk}")
-    return int(chunk)
 
 
 def realistic_posterior(

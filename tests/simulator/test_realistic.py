@@ -51,6 +51,26 @@ def test_binom_ppf_equals_scipy_element_for_element():
     np.testing.assert_array_equal(binom_ppf(q, trials, p), stats.binom.ppf(q, trials, p))
 
 
+def test_inverse_cdfs_at_their_zero_shortcut_equal_scipy():
+    """Small means (most droplet entries) take the certified shortcut q < 1 − μ → 0
+    (p(0) ≥ 1 − μ; binomial: p(0) ≥ 1 − n p); around and beyond its edge the
+    quantiles still equal scipy's."""
+    rng = np.random.default_rng(2)
+    n = 20_000
+    mean = rng.uniform(0.0, 1.2, n)
+    alpha = np.exp(rng.uniform(-5, 3, n))
+    edge = np.clip(1.0 - mean + rng.choice([-1e-9, -1e-12, 0.0, 1e-12, 1e-9], n), 1e-6, 0.999)
+    q = np.where(rng.random(n) < 0.5, edge, rng.random(n))
+    size = 1 / alpha
+    expected = stats.nbinom.ppf(q, size, size / (size + mean))
+    np.testing.assert_array_equal(nbinom_ppf(q, mean, alpha), expected)
+    trials = rng.integers(1, 20, n)
+    p = rng.uniform(0.0, 1.0, n) / trials
+    edge = np.clip(1.0 - trials * p + rng.choice([-1e-9, 0.0, 1e-9], n), 1e-6, 0.999)
+    q = np.where(rng.random(n) < 0.5, edge, rng.random(n))
+    np.testing.assert_array_equal(binom_ppf(q, trials, p), stats.binom.ppf(q, trials, p))
+
+
 def test_inverse_cdfs_refuse_bad_input():
     with pytest.raises(SimcellError, match="q must lie"):
         nbinom_ppf(1.0, 1.0, 1.0)

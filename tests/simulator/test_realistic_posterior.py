@@ -117,3 +117,30 @@ def test_realistic_oracle_on_a_bundle(scenario):
     assert first.shape == factual.shape and np.isfinite(first).all()
     np.testing.assert_array_equal(first[:, unaffected], np.log1p(factual[:, unaffected]))
     assert posterior.same_law_sample(np.random.default_rng(3)).shape == factual.shape
+
+
+def test_realistic_oracle_computes_the_library_capture_grid_once(monkeypatch):
+    """The (l, p) grid posterior (n_cells x 861 x n_genes likelihoods) is computed once per
+    posterior and reused by every draw, with the same values as a fresh computation."""
+    from simcell.simulator import posterior_realistic
+
+    params = scenarios.load("realistic", n_cells=600, n_genes=150, n_tasks=1, min_task_cells=5)
+    data = simulate(params, seed=2, n_threads=1)
+    task = data.tasks[0]
+    name = data.factual.obsm["concepts_true"].columns[task.concept]
+    intervention = Intervention(do={name: 1.0}, mode="causal", dag=concept_dag(data))
+    fresh = [
+        realistic_posterior(data, task.intervene, intervention).sample(np.random.default_rng(s))
+        for s in (1, 2)
+    ]
+    grid = posterior_realistic.library_capture_grid
+    calls = []
+    monkeypatch.setattr(
+        posterior_realistic, "library_capture_grid", lambda cells: calls.append(1) or grid(cells)
+    )
+    posterior = realistic_posterior(data, task.intervene, intervention)
+    reused = [posterior.sample(np.random.default_rng(s)) for s in (1, 2)]
+    posterior.mean_halves(np.log1p, 4, np.random.default_rng(3))
+    assert len(calls) == 1
+    for one, other in zip(fresh, reused, strict=True):
+        np.testing.assert_array_equal(one, other)
