@@ -34,6 +34,7 @@ EXPECTED_MODELS = {
     "scgen",
     "causcell",
     "causcell_ind",
+    "causcell_hard",
     "perturbed_vae",
     "perturbed_vae_noalign",
 }
@@ -189,6 +190,7 @@ def test_representation_flags() -> None:
         "scgen",
         "causcell",
         "causcell_ind",
+        "causcell_hard",
         "perturbed_vae",
         "perturbed_vae_noalign",
     }
