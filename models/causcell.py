@@ -31,8 +31,10 @@ abduct ε (posterior mean); ``intervention="exogenous_swap"`` (the published
 procedure) replaces ε_k by the ε_k of a random training cell annotated
 ``c_k = v`` and recomputes z through the SCM (so z_k still receives its parents'
 contributions); ``intervention="hard"`` sets z_k to the z_k of such a cell, cuts
-its parents and recomputes only its descendants. Every other token, u included,
-keeps its abducted value; the generator then samples x' from the new tokens.
+its parents and recomputes only its descendants (the registered model
+``causcell_hard``: the same network, so the harness compares the two do()s
+row for row). Every other token, u included, keeps its abducted value; the
+generator then samples x' from the new tokens.
 ``abduction="residual"`` returns ``x + G(z') − G(z)`` with shared sampler noise
 (the exact counterfactual of an additive-noise decoder; an option, the paper
 samples).
