@@ -521,6 +521,56 @@ def _leakage_rows(data: TaskData, model: str, pcs, labels: _Labels, truth_leak) 
     return [labels.row(data.name, model, "pca", k, v) for k, v in values.items()]
 
 
+#: out-of-sample train cells the causal-consistency classifiers learn from (seeded subsample)
+MAX_CAUSAL_CELLS = 2000
+CAUSAL_ROLES = ("intervened", "descendant", "non_descendant")
+
+
+def _causal_reference(bundle, data: TaskData, seed: int):
+    """Out-of-sample train cells (PCs), their true concepts and the concept names, for
+    :func:`_causal_rows`; None unless the task's do() propagates along a concept DAG."""
+    intervention = data.intervention
+    if data.truth is None or intervention.mode != "causal" or not intervention.dag:
+        return None
+    concepts = schema.true_concepts(bundle.factual).to_numpy()[data.train]
+    rest = np.flatnonzero(np.isin(data.train, data.reference_cells))
+    kept = rest[_pick(rest.size, MAX_CAUSAL_CELLS, stream(seed, data.name, "causal cells"))]
+    return data.x_train[kept], concepts[kept], schema.concept_names(bundle.factual)
+
+
+def _causal_rows(data: TaskData, model: str, pcs, labels: _Labels, reference) -> list[ResultRow]:
+    """:func:`~simcell.evaluation.metrics.causal_consistency` by role: the mean
+    ``|shift read from the prediction − shift read from the twins|`` over the
+    intervened concept (``causal_shift_error_intervened``), its descendants in
+    the DAG and the other concepts (``..._descendant``, ``..._non_descendant``).
+    Only on tasks whose intervention propagates (``_causal_reference``)."""
+    if reference is None:
+        return []
+    cells, concepts, names = reference
+    try:
+        table = m.causal_consistency(
+            cells,
+            concepts,
+            data.x_intervene,
+            pcs,
+            data.truth.pcs,
+            concept_names=names,
+            intervened=list(data.intervention.do),
+            descendants=data.intervention.descendants(),
+            seed=int_seed(labels.seed, data.name, "causal"),
+        )
+    except SimcellError as error:  # e.g. continuous concepts: no classifier reads them
+        log.warning("%s %s causal consistency: %s", data.name, model, error)
+        return []
+    rows = []
+    for role in CAUSAL_ROLES:
+        errors = table.loc[table["role"] == role, "shift_error"] if len(table) else []
+        if len(errors):
+            metric = f"causal_shift_error_{role}"
+            rows.append(labels.row(data.name, model, "pca", metric, float(np.mean(errors))))
+    return rows
+
+
 def _fit_model(name, data: TaskData, annotations, config: EvaluationConfig):
     """Create the model, give it the train cells in its declared input space and a
     :class:`~simcell.models.FitContext`, and fit it; returns (model, inputs)."""
@@ -950,11 +1000,13 @@ def _evaluate_task(
         if truth is not None:
             with contextlib.suppress(SimcellError):
                 truth_leak = _leakage(data, truth.pcs, seed)
+        causal_reference = _causal_reference(bundle, data, seed)
         # identity: the factual cells
         if cells:
             rows += _cell_rows(data, IDENTITY, data.x_intervene, data.intervene_genes, base, n_boot)
         rows += _population_rows(data, IDENTITY, data.x_intervene, base, pops, paired=True)
         rows += _leakage_rows(data, IDENTITY, data.x_intervene, base, truth_leak)
+        rows += _causal_rows(data, IDENTITY, data.x_intervene, base, causal_reference)
         # the real (u, k = 1) cells against the truth
         if truth is not None and data.heldout_pcs.shape[0] >= 2:
             rows += _population_rows(
@@ -990,6 +1042,8 @@ def _evaluate_task(
                     n_boot,
                     (pca_halves, gene_halves),
                 )
+                oracle_pcs = data.preprocessor.to_pca(oracle_genes)
+                rows += _causal_rows(data, ORACLE, oracle_pcs, base, causal_reference)
                 # cell x gene arrays (hundreds of MB at full size) freed as soon as
                 # scored, so that they do not add to the next step's peak
                 del gene_halves, oracle_genes, pca_halves
@@ -1022,6 +1076,7 @@ def _evaluate_task(
                 rows += _population_rows(data, model_name, pcs, labels, pops, paired=True)
                 rows += _inversion_rows(data, model_name, model, annotations, labels, inputs)
                 rows += _leakage_rows(data, model_name, pcs, labels, truth_leak)
+                rows += _causal_rows(data, model_name, pcs, labels, causal_reference)
                 rows += _representation_rows(
                     name,
                     model_name,
@@ -1044,6 +1099,7 @@ def _evaluate_task(
                 rows += _cell_rows(data, PREDICTIONS, pcs, genes, base, n_boot)
             rows += _population_rows(data, PREDICTIONS, pcs, base, pops, paired=True)
             rows += _leakage_rows(data, PREDICTIONS, pcs, base, truth_leak)
+            rows += _causal_rows(data, PREDICTIONS, pcs, base, causal_reference)
     return rows
 
 

@@ -18,7 +18,7 @@ from ._common import CHECKPOINT_FORMAT, ModelBase
 from ._config import ModelConfig
 from ._trainer import load_checkpoint
 from .baselines import Identity, LatentShift, MeanShift
-from .causcell import CausCell, CausCellIND
+from .causcell import CausCell, CausCellHard, CausCellIND
 from .cvae import CVAE
 from .external import Biolord, CinemaOT, missing_packages
 from .flow_models import (
@@ -71,6 +71,7 @@ _REGISTRY: dict[str, type[ModelBase]] = {
         CinemaOT,
         CausCell,
         CausCellIND,
+        CausCellHard,
         PerturbedVAE,
         PerturbedVAENoAlign,
         PerturbedVAEMeanAlign,

@@ -31,8 +31,10 @@ abduct ε (posterior mean); ``intervention="exogenous_swap"`` (the published
 procedure) replaces ε_k by the ε_k of a random training cell annotated
 ``c_k = v`` and recomputes z through the SCM (so z_k still receives its parents'
 contributions); ``intervention="hard"`` sets z_k to the z_k of such a cell, cuts
-its parents and recomputes only its descendants. Every other token, u included,
-keeps its abducted value; the generator then samples x' from the new tokens.
+its parents and recomputes only its descendants (the registered model
+``causcell_hard``: the same network, so the harness compares the two do()s
+row for row). Every other token, u included, keeps its abducted value; the
+generator then samples x' from the new tokens.
 ``abduction="residual"`` returns ``x + G(z') − G(z)`` with shared sampler noise
 (the exact counterfactual of an additive-noise decoder; an option, the paper
 samples).
@@ -86,10 +88,12 @@ from .base import ConceptKind, FitContext, Intervention, Representation
 from .generative import DDPM
 
 __all__ = [
+    "CAUSCELL_HARD_PRESETS",
     "CAUSCELL_IND_PRESETS",
     "CAUSCELL_PRESETS",
     "CausCell",
     "CausCellConfig",
+    "CausCellHard",
     "CausCellIND",
     "CausCellModule",
     "FitContext",
@@ -276,6 +280,10 @@ CAUSCELL_PRESETS: dict[str, CausCellConfig] = {
 
 CAUSCELL_IND_PRESETS: dict[str, CausCellConfig] = {
     name: preset.replace(use_dag=False) for name, preset in CAUSCELL_PRESETS.items()
+}
+
+CAUSCELL_HARD_PRESETS: dict[str, CausCellConfig] = {
+    name: preset.replace(intervention="hard") for name, preset in CAUSCELL_PRESETS.items()
 }
 
 
@@ -924,3 +932,19 @@ class CausCellIND(CausCell):
     name: ClassVar[str] = "causcell_ind"
     uses_dag: ClassVar[bool] = False
     presets: ClassVar[Mapping[str, CausCellConfig]] = CAUSCELL_IND_PRESETS
+
+
+class CausCellHard(CausCell):
+    """CausCell answering ``do()`` with the hard intervention instead of the ε-swap.
+
+    ``intervention="hard"``: the intervened token z_k is set to the z_k of a
+    training cell carrying the target value, its parents are cut and only its
+    descendants are recomputed. Everything else is CausCell's: trained with the
+    same seed it has the same weights bit for bit (``intervention`` is not read
+    by training), so the harness rows ``causcell`` and ``causcell_hard`` differ
+    by the ``do()`` alone. On a root concept (no parents) z_k = ε_k and the
+    same donors are drawn: the two predictions are identical.
+    """
+
+    name: ClassVar[str] = "causcell_hard"
+    presets: ClassVar[Mapping[str, CausCellConfig]] = CAUSCELL_HARD_PRESETS

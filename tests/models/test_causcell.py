@@ -131,6 +131,42 @@ def test_do_changes_only_the_tokens_the_scm_allows(fitted):
         model.config = hard.replace(intervention="exogenous_swap")
 
 
+def test_the_hard_variant_is_the_same_network_answering_another_do(fitted):
+    """``causcell_hard`` trains the same weights (same seed); on the root concept_0 its
+    predictions are causcell's bit for bit, on concept_1 (parent concept_0, child
+    concept_2) its tokens differ from the swap's on concept_1 and concept_2 only."""
+    models, x, concepts = fitted
+    swap = models["causcell"]
+    hard = create_model("causcell_hard", seed=0, device="cpu", progress_bar=False, **TINY)
+    hard.fit(x, concepts, context=FitContext(concept_names=NAMES, dag=DAG))
+    assert hard.config.intervention == "hard" and hard.config == swap.config.replace(
+        intervention="hard"
+    )
+    for key, value in swap.module_.state_dict().items():
+        torch.testing.assert_close(hard.module_.state_dict()[key], value, rtol=0, atol=0)
+
+    root = np.flatnonzero(concepts[:, 0] == 0)[:20]
+    iv0 = Intervention(do={"concept_0": 1.0}, mode="causal", dag=DAG)
+    on_root = swap.predict(x[root], concepts[root], iv0, NAMES)
+    assert on_root.shape == (20, x.shape[1])  # one prediction per intervened cell
+    np.testing.assert_array_equal(hard.predict(x[root], concepts[root], iv0, NAMES), on_root)
+
+    cells = np.flatnonzero(concepts[:, 1] == 0)[:20]
+    iv1 = Intervention(do={"concept_1": 1.0}, mode="causal", dag=DAG)
+    by_swap = swap.predict(x[cells], concepts[cells], iv1, NAMES)
+    by_hard = hard.predict(x[cells], concepts[cells], iv1, NAMES)
+    assert by_swap.shape == by_hard.shape == (20, x.shape[1])
+    assert np.any(by_swap != by_hard)
+    edited = np.zeros((20, 5), dtype=bool)
+    edited[:, 1] = True
+    targets = iv1.direct_targets(concepts[cells], NAMES)
+    eps = swap._exogenous_means(x[cells])
+    _, swapped = swap._counterfactual_tokens(eps, edited, targets, propagate=True)
+    _, cut = hard._counterfactual_tokens(eps, edited, targets, propagate=True)
+    differs = np.any(swapped != cut, axis=(0, 2)).tolist()
+    assert differs == [False, True, True, False, False, False]
+
+
 def test_an_empty_edit_returns_the_cells_exactly(fitted):
     """Residual abduction: x + G(z) - G(z) with shared sampler noise is x, bit for bit."""
     models, x, concepts = fitted
