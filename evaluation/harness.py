@@ -528,7 +528,7 @@ CAUSAL_ROLES = ("intervened", "descendant", "non_descendant")
 
 def _causal_reference(bundle, data: TaskData, seed: int):
     """Out-of-sample train cells (PCs), their true concepts and the concept names, for
-    :func:`_causal_rows`; None unless the task's do() propagates along a concept DAG."""
+    :func:`_causal_consistency_rows`; None unless the task's do() propagates along a concept DAG."""
     intervention = data.intervention
     if data.truth is None or intervention.mode != "causal" or not intervention.dag:
         return None
@@ -538,7 +538,9 @@ def _causal_reference(bundle, data: TaskData, seed: int):
     return data.x_train[kept], concepts[kept], schema.concept_names(bundle.factual)
 
 
-def _causal_rows(data: TaskData, model: str, pcs, labels: _Labels, reference) -> list[ResultRow]:
+def _causal_consistency_rows(
+    data: TaskData, model: str, pcs, labels: _Labels, reference
+) -> list[ResultRow]:
     """:func:`~simcell.evaluation.metrics.causal_consistency` by role: the mean
     ``|shift read from the prediction − shift read from the twins|`` over the
     intervened concept (``causal_shift_error_intervened``), its descendants in
@@ -795,7 +797,7 @@ class _Clock:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
-def _causal_rows(factual, train, concepts, labels, task, model=None, config=None):
+def _causal_matrix_rows(factual, train, concepts, labels, task, model=None, config=None):
     """Causal-matrix scores against a ``linear-sde`` bundle's true A (space ``latent``):
     the DE baseline (no ``model``) or the model refitted on the true programs."""
     from simcell.evaluation.metrics.causal import DE_BASELINE, causal_scores
@@ -1006,7 +1008,7 @@ def _evaluate_task(
             rows += _cell_rows(data, IDENTITY, data.x_intervene, data.intervene_genes, base, n_boot)
         rows += _population_rows(data, IDENTITY, data.x_intervene, base, pops, paired=True)
         rows += _leakage_rows(data, IDENTITY, data.x_intervene, base, truth_leak)
-        rows += _causal_rows(data, IDENTITY, data.x_intervene, base, causal_reference)
+        rows += _causal_consistency_rows(data, IDENTITY, data.x_intervene, base, causal_reference)
         # the real (u, k = 1) cells against the truth
         if truth is not None and data.heldout_pcs.shape[0] >= 2:
             rows += _population_rows(
@@ -1014,7 +1016,7 @@ def _evaluate_task(
             )
         if truth is None:  # real cells: the floor is a split of the heldout population
             rows += _split_floor_rows(data, base, seed)
-        rows += _causal_rows(bundle.factual, data.train, None, base, name)
+        rows += _causal_matrix_rows(bundle.factual, data.train, None, base, name)
     has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
     if truth is not None and not has_oracle:
         log.info(
@@ -1043,7 +1045,7 @@ def _evaluate_task(
                     (pca_halves, gene_halves),
                 )
                 oracle_pcs = data.preprocessor.to_pca(oracle_genes)
-                rows += _causal_rows(data, ORACLE, oracle_pcs, base, causal_reference)
+                rows += _causal_consistency_rows(data, ORACLE, oracle_pcs, base, causal_reference)
                 # cell x gene arrays (hundreds of MB at full size) freed as soon as
                 # scored, so that they do not add to the next step's peak
                 del gene_halves, oracle_genes, pca_halves
@@ -1076,7 +1078,7 @@ def _evaluate_task(
                 rows += _population_rows(data, model_name, pcs, labels, pops, paired=True)
                 rows += _inversion_rows(data, model_name, model, annotations, labels, inputs)
                 rows += _leakage_rows(data, model_name, pcs, labels, truth_leak)
-                rows += _causal_rows(data, model_name, pcs, labels, causal_reference)
+                rows += _causal_consistency_rows(data, model_name, pcs, labels, causal_reference)
                 rows += _representation_rows(
                     name,
                     model_name,
@@ -1089,7 +1091,7 @@ def _evaluate_task(
                     labels,
                     _train_latents(bundle.factual, data),
                 )
-                rows += _causal_rows(
+                rows += _causal_matrix_rows(
                     bundle.factual, data.train, annotations.train, labels, name, model_name, config
                 )
     if brought is not None:
@@ -1099,7 +1101,7 @@ def _evaluate_task(
                 rows += _cell_rows(data, PREDICTIONS, pcs, genes, base, n_boot)
             rows += _population_rows(data, PREDICTIONS, pcs, base, pops, paired=True)
             rows += _leakage_rows(data, PREDICTIONS, pcs, base, truth_leak)
-            rows += _causal_rows(data, PREDICTIONS, pcs, base, causal_reference)
+            rows += _causal_consistency_rows(data, PREDICTIONS, pcs, base, causal_reference)
     return rows
 
 

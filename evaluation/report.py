@@ -30,11 +30,20 @@ SUMMARY_METRICS = (
     ("pca", "knn_accuracy"),
     ("pca", "leakage_concept_after"),
     ("pca", "inversion_error"),
+    ("pca", "causal_shift_error_intervened"),
+    ("pca", "causal_shift_error_descendant"),
+    ("pca", "causal_shift_error_non_descendant"),
 )
 #: rows that are references, not models, in the order the tables show them
 REFERENCE_ROWS = ("oracle", "oracle_sample", "noise_floor", "heldout", "identity")
 #: derived scores that are not registered metrics, with their direction
-_DERIVED_DIRECTIONS = {"gap_closed": "higher", "inversion_error": "lower"}
+_DERIVED_DIRECTIONS = {
+    "gap_closed": "higher",
+    "inversion_error": "lower",
+    "causal_shift_error_intervened": "lower",
+    "causal_shift_error_descendant": "lower",
+    "causal_shift_error_non_descendant": "lower",
+}
 
 
 def metric_direction(metric: str) -> str | None:
@@ -113,7 +122,11 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
         "Leakage rows give the classifiers' scores before (factual cells), after (the "
         "prediction) and on the true twins (`_truth`). "
         "`inversion_error` is the MSE of an `edit` flow's round trip with the "
-        "condition unchanged: the floor under its edits."
+        "condition unchanged: the floor under its edits. "
+        "`causal_shift_error_*` (tasks whose do() propagates along the concept DAG): how "
+        "far the concept shift a classifier reads from the prediction is from the shift "
+        "it reads from the true twins, for the intervened concept, its descendants and "
+        "the other concepts (0 for the twins)."
     )
     for space, metric in SUMMARY_METRICS:
         table = summary_table(results, space, metric)
