@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -47,8 +47,7 @@ from torch import nn
 
 from simcell import SimcellError
 
-from ._common import NeuralModel, map_batches
-from ._concepts import check_counterfactual_inputs, check_fit_inputs
+from ._concepts import check_fit_inputs
 from ._config import (
     FAST_MAX_STEPS,
     NeuralConfig,
@@ -59,7 +58,7 @@ from ._config import (
 from ._nn import LOG_VAR_RANGE, SeededDropout, reparameterize
 from ._trainer import build_module
 from .base import ConceptKind
-from .baselines import _shift, concept_slopes
+from .baselines import LatentShift, concept_slopes
 
 if TYPE_CHECKING:  # FitContext comes with the input-space interface (models/base.py)
     from .base import FitContext  # type: ignore[attr-defined]
@@ -173,13 +172,20 @@ class SCGenModule(nn.Module):
             _mlp(config.latent_dim, config), nn.Linear(config.hidden_dim, n_dims)
         )
 
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z | x), each of shape (n, latent_dim)."""
+    def posterior(
+        self, x: torch.Tensor, conditions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x), each of shape (n, latent_dim).
+
+        scGen's VAE has no conditions: ``conditions`` (shape (n, 0)) is accepted
+        and ignored, so that the latent-arithmetic code of
+        :class:`~simcell.models.LatentShift` drives this module too.
+        """
         h = self.encoder(x)
         return self.mean(h), self.log_var(h).clamp(*LOG_VAR_RANGE)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """x̂ = D(z), shape (n, n_dims)."""
+    def decode(self, z: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """x̂ = D(z), shape (n, n_dims); ``conditions`` is ignored (see :meth:`posterior`)."""
         return self.decoder(z)
 
     def loss(
@@ -256,16 +262,19 @@ def context_cell_types(context: FitContext | None, n_cells: int) -> np.ndarray |
     return cell_types
 
 
-class SCGen(NeuralModel):
+class SCGen(LatentShift):
     """scGen (Lotfollahi et al., 2019): VAE + latent delta on cell-type-balanced sets.
 
     See the module docstring for the method and how it differs from
     ``latent_shift``. Cell types come from ``fit(..., context=FitContext(...))``.
+    The latent arithmetic (``counterfactual``: decode ``E_μ(x) + Σ_k δ_k (c'_k − c_k)``,
+    ``encode``, checkpoints) is :class:`~simcell.models.LatentShift`'s; scGen
+    differs in its VAE (:class:`SCGenModule`) and in how :meth:`fit` estimates δ_k.
 
     Attributes
     ----------
-    deltas_ : ndarray, shape (n_concepts, latent_dim)
-        Latent effect of a unit change of each concept.
+    latent_slopes_ : ndarray, shape (n_concepts, latent_dim)
+        δ_k, the latent effect of a unit change of each concept (also ``deltas_``).
     concept_means_ : ndarray, shape (n_concepts,)
         Stand-in for a missing annotation.
     """
@@ -301,56 +310,18 @@ class SCGen(NeuralModel):
         self._train_module(x, np.zeros((len(x), 0), dtype=np.float32))
         latent = self._latent(x)
         # the OLS slope: continuous concepts, and the warning for a concept without effect
-        self.deltas_, self.concept_means_ = concept_slopes(latent, concepts, model_name=self.name)
+        slopes, self.concept_means_ = concept_slopes(latent, concepts, model_name=self.name)
         if cell_types is None:
             log.info("scgen: no cell types given; the latent delta pools all cells")
             cell_types = np.zeros(len(x), dtype=str)
         binary = np.array([kind == "binary" for kind in kinds], dtype=bool)
         deltas, defined = balanced_deltas(latent, concepts, cell_types)
         use = binary & defined
-        self.deltas_[use] = deltas[use]
+        slopes[use] = deltas[use]
+        self.latent_slopes_ = slopes
         return self
 
-    def _latent(self, x: np.ndarray) -> np.ndarray:
-        self.module_.eval()
-        return map_batches(lambda xb: self.module_.posterior(xb)[0], x, device=self.device_)
-
-    def _decode(self, latent: np.ndarray) -> np.ndarray:
-        self.module_.eval()
-        return map_batches(
-            self.module_.decode, np.ascontiguousarray(latent, dtype=np.float32), device=self.device_
-        )
-
-    def counterfactual(
-        self, x: np.ndarray, concepts: np.ndarray, target_concepts: np.ndarray
-    ) -> np.ndarray:
-        """Decode ``E_μ(x) + Σ_k δ_k (c'_k − c_k)``; shape (n_cells, n_dims)."""
-        self._require_fitted()
-        x, concepts, target_concepts = check_counterfactual_inputs(
-            x, concepts, target_concepts, n_dims=self.n_dims_, n_concepts=self.n_concepts_
-        )
-        shift = _shift(self.deltas_, self.concept_means_, concepts, target_concepts)
-        latent = self._latent(x)
-        shifted = self._decode(latent + shift.astype(np.float32))
-        if self.config.residual_abduction:
-            return x + shifted - self._decode(latent)
-        return shifted
-
-    def encode(self, x: np.ndarray, concepts: np.ndarray) -> np.ndarray:
-        """Posterior mean of q(z | x), shape (n_cells, latent_dim)."""
-        self._require_fitted()
-        x, _, _ = check_counterfactual_inputs(
-            x, concepts, concepts, n_dims=self.n_dims_, n_concepts=self.n_concepts_
-        )
-        return self._latent(x)
-
-    def _get_state(self) -> dict[str, Any]:
-        state = super()._get_state()
-        state["deltas"] = torch.from_numpy(self.deltas_)
-        state["concept_means"] = torch.from_numpy(self.concept_means_)
-        return state
-
-    def _set_state(self, state: Mapping[str, Any]) -> None:
-        super()._set_state(state)
-        self.deltas_ = state["deltas"].numpy()
-        self.concept_means_ = state["concept_means"].numpy()
+    @property
+    def deltas_(self) -> np.ndarray:
+        """scGen's name for the latent effects (``latent_slopes_``)."""
+        return self.latent_slopes_

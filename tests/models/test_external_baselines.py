@@ -73,3 +73,43 @@ def test_harness_rows_for_both_adapters(tmp_path, monkeypatch) -> None:
     mse = table[(table.metric == "mse") & (table.space == "pca")].set_index("model")["value"]
     assert {"biolord", "cinemaot", "identity", "oracle"} <= set(mse.index)
     assert np.isfinite(mse[["biolord", "cinemaot"]].to_numpy()).all()
+
+
+def test_cinemaot_refuses_to_edit_a_continuous_concept_in_one_line(toy) -> None:
+    from simcell import SimcellError
+
+    model = create_model("cinemaot", seed=0, progress_bar=False).fit(
+        toy.x_train, toy.concepts_train, concept_kinds=toy.concept_kinds
+    )
+    target = toy.concepts_intervene.copy()
+    target[:, 2] += 1.0  # concept 2 is continuous
+    with pytest.raises(SimcellError, match="can only edit binary concepts") as error:
+        model.counterfactual(toy.x_intervene, toy.concepts_intervene, target)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_package_failure_is_one_line_and_writes_nothing(tmp_path, monkeypatch) -> None:
+    """The package's own multi-line ValueError reaches the user as one line, exit != 0."""
+    from cinemaot import cinemaot
+    from click.testing import CliRunner
+
+    from simcell.cli import main
+    from simcell.simulator import simulate, write_bundle
+
+    def no_confounder(*args, **kwargs):
+        raise ValueError("No confounder components identified. Please try a higher threshold.\nx")
+
+    monkeypatch.setattr(cinemaot, "cinemaot_unweighted", no_confounder)
+    params = scenarios.load("synthetic2", n_cells=600, n_genes=40, n_tasks=1)
+    bundle = tmp_path / "bundle"
+    write_bundle(simulate(params, seed=0, scenario="synthetic2"), bundle)
+    out = tmp_path / "report"
+    args = ["evaluate", str(bundle), "--models", "cinemaot", "--device", "cpu", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert lines == [
+        "Error: cinemaot: No confounder components identified. Please try a higher threshold."
+    ]
+    assert "Traceback" not in result.output
+    assert not out.exists()
