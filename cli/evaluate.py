@@ -49,10 +49,29 @@ from simcell.cli._options import (
     "Corrupt the annotations models see, per task (missing, irrelevant, incorrect, "
     "duplicate); repeat for a grid  [default: the scenario's own]"
 )
+@click.option(
+    "--oracle-samples",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Posterior draws behind the oracle's mean (two halves). Fewer draws leave its "
+    "MSE unbiased, only noisier; each draw is a pass over the task's cells.",
+)
 @out_option("Report directory  [default: <bundle>-evaluation]")
 @overwrite_option
 def evaluate(
-    bundle, models, predictions, preset, device, seed, tasks, no_verify, corruptions, out, overwrite
+    bundle,
+    models,
+    predictions,
+    preset,
+    device,
+    seed,
+    tasks,
+    no_verify,
+    corruptions,
+    oracle_samples,
+    out,
+    overwrite,
 ):
     """Train and score models (and/or predictions) on a bundle's tasks."""
     from simcell.evaluation import summary_markdown
@@ -72,6 +91,7 @@ def evaluate(
             verify=not no_verify,
             overwrite=overwrite,
             corruptions=corruptions,
+            oracle_samples=oracle_samples,
         )
         if plan.preset == "fast" and plan.device == "cpu":
             import torch

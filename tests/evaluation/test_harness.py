@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from simcell import SimcellError, scenarios
 from simcell.cli import main
 from simcell.evaluation import evaluate, read_predictions
+from simcell.evaluation.run import plan_evaluation
 from simcell.simulator import read_bundle, simulate, write_bundle
 
 FAST = {"oracle_samples": 8, "n_boot": 100, "tasks": ["task_0"]}
@@ -287,3 +288,26 @@ def test_debiased_mse_removes_the_monte_carlo_excess():
 def test_oracle_needs_two_samples(bundle_path):
     with pytest.raises(SimcellError, match="oracle_samples must be >= 2"):
         evaluate(bundle_path, models=[], oracle_samples=1, tasks=["task_0"])
+
+
+def test_cli_oracle_samples_reach_the_oracle_and_config(bundle_path, tmp_path):
+    """``--oracle-samples`` is what the oracle draws (recorded in config.json); fewer
+    than two halves is refused before anything runs."""
+    out = tmp_path / "few"
+    args = ["evaluate", str(bundle_path), "--models", "", "--tasks", "task_0", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--oracle-samples", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["oracle_samples"] == 4
+    direct = evaluate(bundle_path, models=[], oracle_samples=4, tasks=["task_0"])
+    written = pd.read_csv(out / "results.csv")
+    oracle = (written.model == "oracle") & (written.metric == "mse")
+    expected = direct[(direct.model == "oracle") & (direct.metric == "mse")]
+    np.testing.assert_allclose(
+        written.loc[oracle, "value"].to_numpy(), expected["value"].to_numpy(), rtol=1e-12
+    )
+    refused = tmp_path / "refused"
+    result = CliRunner().invoke(main, [*args[:-1], str(refused), "--oracle-samples", "1"])
+    assert result.exit_code == 2 and "oracle-samples" in result.output
+    assert not refused.exists()
+    with pytest.raises(SimcellError, match="oracle_samples must be >= 2"):
+        plan_evaluation(bundle_path, models="", oracle_samples=1, out=tmp_path / "plan")
