@@ -417,7 +417,8 @@ def run_study(
     Raises
     ------
     SimcellError
-        Unknown engine, a scheduler without ``--engine dask``, a refused folder.
+        Unknown engine, a scheduler without ``--engine dask``, a refused folder,
+        a model whose extra is not installed.
     """
     if engine not in ENGINES:
         raise SimcellError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -426,6 +427,10 @@ def run_study(
     if workers is not None and workers < 1:
         raise SimcellError(f"workers must be >= 1, got {workers}")
     workers = workers or os.cpu_count() or 1
+    from simcell.models._registry import check_available
+
+    for name in dict.fromkeys(cell.model.name for cell in study.cells):
+        check_available(name)  # one line naming the extra, before anything is written
     started = time.perf_counter()
     folder = check_study_dir(out)
     if engine == "dask":

@@ -147,3 +147,21 @@ def test_paired_test_closed_forms() -> None:
     # negative control: no difference at all is no evidence either way
     null = paired_test(b, b)
     assert math.isnan(null["wilcoxon_p"]) and verdict(null) == "not significant"
+
+
+def test_the_baselines_study_resolves_and_is_refused_in_one_line_without_its_extra(
+    tmp_path, monkeypatch
+) -> None:
+    from simcell.models import _registry
+    from simcell.study import run_study
+
+    study = load_study("table_s5_baselines", "fast")
+    assert study.layout == "table_s5" and study.claims
+    assert {"biolord", "cinemaot", "scgen"} <= {cell.model.name for cell in study.cells}
+    monkeypatch.setattr(_registry, "_missing", lambda model: tuple(getattr(model, "requires", ())))
+    out = tmp_path / "study"
+    with pytest.raises(
+        SimcellError, match=r"model '(biolord|cinemaot)' needs .*simcell\[baselines\]"
+    ):
+        run_study(study, out, progress_bar=False)
+    assert not out.exists()

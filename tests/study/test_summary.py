@@ -149,3 +149,19 @@ def test_table_s5_ordering_check() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| sccbgm |"))
     assert "0.0300 ± 0.0000" in row and "0.0388 ± 0.0053" in row  # ours, paper's synthetic1
     assert "* synthetic1: holds" in text
+
+
+def test_table_s5_shows_the_papers_baseline_rows_next_to_ours() -> None:
+    """CINEMA-OT and biolord get Table S5's values; scGen (not in the paper's
+    synthetic table) a row of ours only."""
+    means = {"mean_shift": 0.04, "cinemaot": 0.3, "biolord": 0.05, "scgen": 0.045}
+    rows = [
+        {"model": model, "task": f"task_{t}", "seed": 0, "space": "pca", "value": value}
+        for t in range(2)
+        for model, value in means.items()
+    ]
+    text = summary_markdown(load_study("table_s5_baselines", "fast"), _table(rows))
+    line = {row.split(" |")[0]: row for row in text.splitlines() if row.startswith("| ")}
+    assert "0.3000 ± 0.0000" in line["| cinemaot"] and "0.0390 ± 0.0025" in line["| cinemaot"]
+    assert "0.0402 ± 0.0014" in line["| biolord"]
+    assert "| scgen | 0.0450 ± 0.0000 |  |" in text
