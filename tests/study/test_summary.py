@@ -165,3 +165,4 @@ def test_table_s5_shows_the_papers_baseline_rows_next_to_ours() -> None:
     assert "0.3000 ± 0.0000" in line["| cinemaot"] and "0.0390 ± 0.0025" in line["| cinemaot"]
     assert "0.0402 ± 0.0014" in line["| biolord"]
     assert "| scgen | 0.0450 ± 0.0000 |  |" in text
+    assert "| sccbgm_fm_edit" not in text  # not run in this study: no empty paper row
