@@ -27,6 +27,14 @@ Deviations from the publication, each forced by a project convention:
 
 * LayerNorm instead of BatchNorm in the hidden layers (the shared trainer builds
   modules without buffers, so that initialisation is seeded and stateless);
+* the genes are centred on their training means before the encoder (and the
+  means added back after the decoder). The published encoder normalises its
+  first layer over the cells of each batch (BatchNorm), which removes the genes'
+  common offset; LayerNorm normalises over units and does not. Without the
+  centring that offset dominates every hidden layer, and on log-normalised
+  genes, where the biology is about 1 % of the per-gene variance, the encoder
+  maps every cell to one point and the prediction equals the input (posterior
+  collapse that a zero KL weight does not cure: measured);
 * a linear output layer (the paper's ReLU would clip the negative values of a
   PCA input space);
 * continuous concepts (outside scGen's scope) take the OLS slope of the latents;
@@ -39,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -277,6 +285,9 @@ class SCGen(LatentShift):
         δ_k, the latent effect of a unit change of each concept (also ``deltas_``).
     concept_means_ : ndarray, shape (n_concepts,)
         Stand-in for a missing annotation.
+    gene_means_ : ndarray, shape (n_dims,), float32
+        The training cells' mean of each input dimension: ``module_`` sees and
+        reconstructs ``x - gene_means_`` (see the module docstring).
     """
 
     name: ClassVar[str] = "scgen"
@@ -307,7 +318,8 @@ class SCGen(LatentShift):
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
         cell_types = context_cell_types(context, len(x))
         self._set_dims(x.shape[1], kinds)
-        self._train_module(x, np.zeros((len(x), 0), dtype=np.float32))
+        self.gene_means_ = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self._train_module(x - self.gene_means_, np.zeros((len(x), 0), dtype=np.float32))
         latent = self._latent(x)
         # the OLS slope: continuous concepts, and the warning for a concept without effect
         slopes, self.concept_means_ = concept_slopes(latent, concepts, model_name=self.name)
@@ -320,6 +332,21 @@ class SCGen(LatentShift):
         slopes[use] = deltas[use]
         self.latent_slopes_ = slopes
         return self
+
+    def _latent(self, x: np.ndarray) -> np.ndarray:
+        return super()._latent(x - self.gene_means_)
+
+    def _decode(self, latent: np.ndarray) -> np.ndarray:
+        return super()._decode(latent) + self.gene_means_
+
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        state["gene_means"] = torch.from_numpy(self.gene_means_)
+        return state
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        super()._set_state(state)
+        self.gene_means_ = state["gene_means"].numpy()
 
     @property
     def deltas_(self) -> np.ndarray:

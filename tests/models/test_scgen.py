@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from simcell import SimcellError
-from simcell.models import create_model, get_preset
+from simcell.models import create_model, get_preset, load_model
 from simcell.models.baselines import concept_slopes
 from simcell.models.scgen import balanced_deltas
 
@@ -105,3 +105,52 @@ def test_scgen_rejects_cell_types_of_the_wrong_length(toy) -> None:
             concept_kinds=toy.concept_kinds,
             context=SimpleNamespace(cell_types=np.array(["a", "b"])),
         )
+
+
+def _offset_cells(seed: int = 0):
+    """Genes with large, different means (as in log-normalised counts) and a weak
+    structure: two cell types along one direction, a binary concept along another,
+    unit-scale noise. Returns x (600, 200), the concept, the cell types, the effect."""
+    rng = np.random.default_rng(seed)
+    n, p = 600, 200
+    types = rng.integers(0, 2, n)
+    on = rng.random(n) < 0.5
+    offset = rng.uniform(1.0, 4.0, p)
+    type_direction = rng.normal(0.0, 0.4, p)
+    effect = rng.normal(0.0, 0.4, p)
+    x = (
+        offset
+        + np.where(types[:, None] == 1, type_direction, -type_direction)
+        + on[:, None] * effect
+        + rng.normal(0.0, 0.5, (n, p))
+    )
+    return x.astype(np.float32), on.astype(np.float32)[:, None], types.astype(str), effect
+
+
+def test_scgen_fast_preset_does_not_collapse_on_offset_genes() -> None:
+    """Regression: with the genes' common offset fed to LayerNorm layers the encoder
+    mapped every cell to one point (latent sd 0.015), so the prediction was the
+    input (mean shift 0.0003 against an effect of 0.33, correlation 0.19)."""
+    x, concept, types, effect = _offset_cells()
+    model = create_model("scgen", preset="fast", seed=0, device="cpu", progress_bar=False)
+    model.fit(x, concept, concept_kinds=("binary",), context=SimpleNamespace(cell_types=types))
+    latent = model.encode(x, concept)
+    assert latent.std(axis=0).mean() > 0.3  # not one point
+    np.testing.assert_allclose(model.gene_means_, x.mean(axis=0), rtol=0, atol=1e-5)
+    off = concept[:, 0] == 0
+    prediction = model.counterfactual(x[off], concept[off], np.ones((off.sum(), 1), np.float32))
+    shift = (prediction - x[off]).mean(axis=0)
+    assert np.corrcoef(shift, effect)[0, 1] > 0.9
+    assert 0.5 < np.abs(shift).mean() / np.abs(effect).mean() < 1.5
+
+
+def test_scgen_checkpoint_keeps_the_gene_means(tmp_path) -> None:
+    x, concept, types, _ = _offset_cells()
+    model = create_model("scgen", seed=0, device="cpu", progress_bar=False, max_epochs=2)
+    model.fit(x, concept, concept_kinds=("binary",), context=SimpleNamespace(cell_types=types))
+    target = np.ones_like(concept)
+    expected = model.counterfactual(x, concept, target)
+    model.save(tmp_path / "scgen.pt")
+    loaded = load_model(tmp_path / "scgen.pt")
+    np.testing.assert_array_equal(loaded.gene_means_, model.gene_means_)
+    np.testing.assert_allclose(loaded.counterfactual(x, concept, target), expected, atol=1e-6)
