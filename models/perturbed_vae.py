@@ -105,7 +105,13 @@ class PerturbedVAEConfig(NeuralConfig):
         latent of z_ν. ``diagonal``: perturbation p shifts latent p only (E is
         diagonal; needs ``responsive_dim`` None or P), the single-target
         assumption under which the responsive axes are identified up to
-        scaling, with no rotation of z_ν left free.
+        scaling, with no rotation of z_ν left free. Measured on
+        ``perturb-identifiability-sparse`` (fast preset, mean alignment α = 100,
+        invariant_dim 6, learning rate 1e-2, 60 genes): responsive MCC
+        0.57 / 0.63 / 0.49 over 3 seeds, like the dense embedding (0.57 /
+        0.63 / 0.48) and below a random rotation of z_ν (mean 0.77); the
+        optimum is not reached in the fast budget (100 genes, 120 epochs:
+        0.78), while the data's own single-target axes score 0.98.
     residual_abduction : bool
         ``False``: predict the expected counts under the new u. ``True``: also
         abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
