@@ -174,3 +174,49 @@ def test_single_target_shifts_identify_the_responsive_axes_and_dense_shifts_do_n
     assert mcc > threshold + 0.05
     mcc, rotation_mean, threshold = scores["dense"]
     assert mcc < rotation_mean < threshold
+
+
+# The model on the same data (60 genes, 650 train cells; fast preset with
+# alignment_kind="mean", α = 100, invariant_dim 6, learning rate 1e-2), seeds 0 / 1 / 2:
+#
+#                                        responsive MCC     responsive R²
+#   shift_embedding="diagonal"           0.568 0.627 0.488  0.76 0.84 0.61
+#   dense embedding                      0.573 0.627 0.483  0.76 0.82 0.58
+#   diagonal, dense-shift data           0.623 0.697 0.768
+#   rotated z_ν: mean (95th percentile)  0.772 0.773 0.772 (0.896 0.899 0.895)
+#
+# The mean shifts sit on the right axes, but the within-environment spread of the
+# block (sd 1.5-1.7 against the prior's 1) is encoded rotated: the identification
+# needs the aggregate posterior to match the prior, which the fast budget does not
+# reach (seed 0, 100 genes: 0.72 at 40 epochs, 0.78 at 120). Pinned below.
+
+MODEL_REGIME = dict(n_genes=60, n_controls=300, n_per_single=100, n_per_double=40)
+
+
+@pytest.mark.slow
+def test_the_diagonal_embedding_does_not_yet_reach_the_identified_axes():
+    from simcell import scenarios
+    from simcell.evaluation import metrics
+    from simcell.evaluation.metrics.identifiability import rotation_mcc_reference
+
+    params = scenarios.load("perturb-identifiability-sparse").replace(**MODEL_REGIME)
+    dataset = simulate(params, seed=0)
+    train = dataset.tasks[0].split == "train"
+    x = dataset.factual.X.toarray().astype(np.float32)[train]
+    u = dataset.cells.perturbations.astype(np.float32)[train]
+    z = dataset.z_responsive[train]
+    model = create_model(
+        "perturbed_vae",
+        device="cpu",
+        seed=0,
+        progress_bar=False,
+        alignment_kind="mean",
+        alignment=100.0,
+        invariant_dim=params.d_invariant,
+        learning_rate=1e-2,
+        shift_embedding="diagonal",
+    ).fit(x, u)
+    learned = metrics.latent_mcc(model.encode(x, u).blocks["responsive"], z)
+    threshold = np.quantile(rotation_mcc_reference(z, seed=0), 0.95)
+    identified = metrics.latent_mcc(_single_target_axes(x, u, 10), z)
+    assert identified > threshold > learned > 0.4
