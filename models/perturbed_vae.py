@@ -57,6 +57,7 @@ __all__ = [
 
 Likelihood = Literal["poisson", "nb"]
 AlignmentKind = Literal["pair", "mean"]
+ShiftEmbedding = Literal["dense", "diagonal"]
 EncoderInput = Literal["normalized", "log1p"]
 
 
@@ -93,6 +94,25 @@ class PerturbedVAEConfig(NeuralConfig):
         Count likelihood on the library-normalised rates (``nb``: one learnable
         dispersion per gene).
     dropout : float
+    shift_sparsity : float
+        λ, weight of an L1 penalty λ Σ |E_kp| on the perturbation shift
+        embeddings (the weights of E, not its bias). 0 (the paper): E is dense
+        and the fit is invariant to rotations of z_ν, so nothing selects the
+        responsive axes. λ > 0 prefers each perturbation to shift few latents;
+        when the true shifts are sparse (one target each, one perturbation per
+        latent) this identifies z_ν up to permutation and scaling.
+    shift_embedding : {"dense", "diagonal"}
+        ``dense`` (the paper): each perturbation's embedding may shift every
+        latent of z_ν. ``diagonal``: perturbation p shifts latent p only (E is
+        diagonal; needs ``responsive_dim`` None or P), the single-target
+        assumption under which the responsive axes are identified up to
+        scaling, with no rotation of z_ν left free. Measured on
+        ``perturb-identifiability-sparse`` (fast preset, mean alignment α = 100,
+        invariant_dim 6, learning rate 1e-2, 60 genes): responsive MCC
+        0.57 / 0.63 / 0.49 over 3 seeds, like the dense embedding (0.57 /
+        0.63 / 0.48) and below a random rotation of z_ν (mean 0.77); the
+        optimum is not reached in the fast budget (100 genes, 120 epochs:
+        0.78), while the data's own single-target axes score 0.98.
     residual_abduction : bool
         ``False``: predict the expected counts under the new u. ``True``: also
         abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
@@ -113,6 +133,8 @@ class PerturbedVAEConfig(NeuralConfig):
     beta: float = 1.0
     likelihood: Likelihood = "poisson"
     dropout: float = 0.0
+    shift_sparsity: float = 0.0
+    shift_embedding: ShiftEmbedding = "dense"
     residual_abduction: bool = False
     encoder_input: EncoderInput = "normalized"
 
@@ -121,10 +143,14 @@ class PerturbedVAEConfig(NeuralConfig):
         check_positive(self, "hidden_dim", "n_layers", "invariant_dim")
         if self.responsive_dim is not None:
             check_positive(self, "responsive_dim")
-        check_non_negative(self, "alignment", "beta")
+        check_non_negative(self, "alignment", "beta", "shift_sparsity")
         if self.alignment_kind not in ("pair", "mean"):
             raise SimcellError(
                 f"alignment_kind must be 'pair' or 'mean', got {self.alignment_kind!r}"
+            )
+        if self.shift_embedding not in ("dense", "diagonal"):
+            raise SimcellError(
+                f"shift_embedding must be 'dense' or 'diagonal', got {self.shift_embedding!r}"
             )
         check_fraction(self, "dropout")
         if self.encoder_input not in ("normalized", "log1p"):
@@ -195,6 +221,11 @@ class PerturbedVAEModule(nn.Module):
         self.config = config
         d_i = config.invariant_dim
         d_r = config.responsive_dim or max(n_perturbations, 1)
+        if config.shift_embedding == "diagonal" and d_r != n_perturbations:
+            raise SimcellError(
+                f"shift_embedding='diagonal' needs one responsive latent per perturbation: "
+                f"responsive_dim={d_r}, {n_perturbations} perturbations"
+            )
         self.encoder_invariant = GaussianEncoder(
             n_genes, config.hidden_dim, config.n_layers, config.dropout, d_i
         )
@@ -218,10 +249,23 @@ class PerturbedVAEModule(nn.Module):
         """B, strictly lower triangular, shape (d_ν, d_ν): ``B[k, j]`` weighs z_ν,j in z_ν,k."""
         return torch.tril(self.scm.weight, diagonal=-1)
 
+    def shift_weights(self) -> torch.Tensor:
+        """E, shape (d_ν, P) (diagonal with ``shift_embedding="diagonal"``)."""
+        weight = self.embedding.weight
+        if self.config.shift_embedding == "diagonal":
+            weight = weight * torch.eye(*weight.shape, device=weight.device, dtype=weight.dtype)
+        return weight
+
+    def shift(self, u: torch.Tensor) -> torch.Tensor:
+        """E u + e₀, the mean of the exogenous term under u, shape (n, d_ν)."""
+        if self.config.shift_embedding == "dense":
+            return self.embedding(u)
+        return nn.functional.linear(u, self.shift_weights(), self.embedding.bias)
+
     def exogenous(self, z_responsive, z_invariant, u) -> torch.Tensor:
         """ε = (I − B) z_ν − Γ z_ι − E u, shape (n, d_ν)."""
         b = self.weights()
-        return z_responsive - z_responsive @ b.T - self.coupling(z_invariant) - self.embedding(u)
+        return z_responsive - z_responsive @ b.T - self.coupling(z_invariant) - self.shift(u)
 
     def solve(self, exogenous: torch.Tensor) -> torch.Tensor:
         """z with (I − B) z = ``exogenous`` (rows), shape (n, d_ν)."""
@@ -275,6 +319,8 @@ class PerturbedVAEModule(nn.Module):
             residual.pow(2).sum(-1) + trace - mean_r.shape[-1] - log_var_r.sum(-1)
         )
         loss = (reconstruction + self.config.beta * (kl_invariant + kl_responsive)).mean()
+        if self.config.shift_sparsity > 0:
+            loss = loss + self.config.shift_sparsity * self.shift_weights().abs().sum()
         if self.config.alignment > 0 and self.controls is not None and len(self.controls):
             perturbed = u.abs().sum(-1) > 0
             if perturbed.any() and self.config.alignment_kind == "mean":
@@ -322,7 +368,7 @@ class PerturbedVAEModule(nn.Module):
         """Expected counts under ``target``: abduct z_ι and ε, push u' through the SCM."""
         u, target = torch.nan_to_num(u), torch.nan_to_num(target)
         z_i, z_r = self.encode(x, u)
-        shift = self.embedding(target) - self.embedding(u)
+        shift = self.shift(target) - self.shift(u)
         z_new = z_r + self.solve(shift)
         library = x.sum(dim=-1, keepdim=True).clamp_min(1.0)
         log_rate = self.log_rates(z_i, z_new, library)
