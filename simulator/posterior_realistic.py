@@ -40,16 +40,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
-from scipy import special
+from scipy import special, stats
 
 from simcell import SimcellError
 from simcell.simulator import schema
 from simcell.simulator.counts import ConceptTerms
-from simcell.simulator.nbinom import binom_ppf, nbinom_ppf
-from simcell.simulator.poisson import poisson_ppf
+from simcell.simulator.nbinom import (
+    _binom_scalar,
+    _binom_step,
+    _nb_scalar,
+    _nb_size_scalar,
+    _nb_step,
+    _poisson_step,
+    binom_ppf,
+    nbinom_ppf,
+)
+from simcell.simulator.poisson import _UNCERTAIN, _ppf_scalar, poisson_ppf
 from simcell.simulator.posterior import (
     CellPosterior,
     InterventionLike,
@@ -202,21 +212,34 @@ def realistic_cells(bundle, positions: np.ndarray) -> RealisticCells:
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _grid_log_likelihood(counts, log_rate, shift, dispersion, out):  # pragma: no cover
-    """Σ_j log NB(y_ij; e^{log_rate_ij + s}, α_j) up to constants, for every grid s."""
+    """Σ_j log NB(y_ij; e^{log_rate_ij + s}, α_j) up to constants, for every grid s.
+
+    Σ_j y_ij s and the Poisson genes' Σ_j μ_ij are factored out of the gene loop,
+    which leaves one logarithm per (cell, grid point, NB gene).
+    """
     n_cells, n_genes = counts.shape
+    nb_genes = np.flatnonzero(dispersion > 0.0)
+    size = 1.0 / dispersion[nb_genes]
     for i in numba.prange(n_cells):
+        total = 0.0
+        poisson_rate = 0.0
+        for j in range(n_genes):
+            total += counts[i, j]
+            if dispersion[j] <= 0.0:
+                poisson_rate += math.exp(log_rate[i, j])
+        rate = np.empty(nb_genes.size)
+        weight = np.empty(nb_genes.size)
+        for e in range(nb_genes.size):
+            j = nb_genes[e]
+            rate[e] = math.exp(log_rate[i, j])
+            weight[e] = counts[i, j] + size[e]
         for g in range(shift.shape[1]):
             s = shift[i, g]
+            scale = math.exp(s)
             acc = 0.0
-            for j in range(n_genes):
-                y = counts[i, j]
-                mu = math.exp(log_rate[i, j] + s)
-                if dispersion[j] > 0.0:
-                    r = 1.0 / dispersion[j]
-                    acc += y * s - (y + r) * math.log(r + mu)
-                else:
-                    acc += y * s - mu
-            out[i, g] = acc
+            for e in range(nb_genes.size):
+                acc += weight[e] * math.log(size[e] + rate[e] * scale)
+            out[i, g] = total * s - scale * poisson_rate - acc
 
 
 def _capture_grid(capture: tuple[float, float] | None) -> np.ndarray:
@@ -302,6 +325,147 @@ def library_capture_draws(
 
 
 # ----------------------------------------------------------------- steps 2-4
+#
+# One twin draw of an entry uses four uniforms (ε's node, x − y, δ, ν). They are a
+# counter-based function of (key, draw, cell, gene, stream) — SplitMix64's output
+# at that counter — so a twin does not depend on the chunk size, on the number of
+# threads, nor on which other entries the intervention changes.
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_N_STREAMS = 4
+
+
+@numba.njit(inline="always")
+def _counter_uniform(key, counter):
+    """U[0, 1) from SplitMix64 at position ``counter`` of the stream ``key`` (uint64)."""
+    z = key + (counter + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(inline="always")
+def _entry_counter(draw, cell, gene, n_cells, n_genes):
+    return (
+        (np.uint64(draw) * np.uint64(n_cells) + np.uint64(cell)) * np.uint64(n_genes)
+        + np.uint64(gene)
+    ) * np.uint64(_N_STREAMS)
+
+
+@numba.njit(nogil=True, cache=True)
+def _entry_uniforms(key, draw, cell, gene, n_cells, n_genes, out):  # pragma: no cover
+    """The four uniforms of entries (cell[e], gene[e]) of draw ``draw``, out (n, 4)."""
+    for e in range(cell.size):
+        base = _entry_counter(draw, cell[e], gene[e], n_cells, n_genes)
+        for k in range(_N_STREAMS):
+            out[e, k] = _counter_uniform(key, base + np.uint64(k))
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _twin_kernel(
+    counts,
+    log_rate,
+    shift,
+    library,
+    capture,
+    thinned,
+    dispersion,
+    nodes,
+    log_weights,
+    key,
+    draw,
+    first_cell,
+    n_cells,
+    out,
+):  # pragma: no cover - compiled
+    """Steps 2–4 and the twin of every entry with Δ ≠ 0, fused; the others copy y.
+
+    ``out[i, j] = _UNCERTAIN`` where a CDF walk could not certify its answer
+    (:func:`_twin_reference` settles those with the same uniforms).
+    """
+    n_rows, n_genes = counts.shape
+    n_nodes = nodes.size
+    exp_nodes = np.exp(nodes)
+    for i in numba.prange(n_rows):
+        p = capture[i]
+        log_p = math.log(p)
+        weights = np.empty(max(n_nodes, 1))
+        for j in range(n_genes):
+            y = counts[i, j]
+            if shift[i, j] == 0.0:
+                out[i, j] = y
+                continue
+            base = _entry_counter(draw, first_cell + i, j, n_cells, n_genes)
+            alpha = dispersion[j]
+            size = 1.0 / alpha if alpha > 0.0 else 0.0
+            mean = log_rate[i, j] + library[i]
+            if n_nodes > 0:  # step 2: ε | y, l, p on the Gauss–Hermite nodes
+                scale = p * math.exp(mean)
+                top = -math.inf
+                for k in range(n_nodes):
+                    mu = scale * exp_nodes[k]
+                    w = log_weights[k] + y * (log_p + mean + nodes[k])
+                    if alpha > 0.0:
+                        w -= (y + size) * math.log(size + mu)
+                    else:
+                        w -= mu
+                    weights[k] = w
+                    top = max(top, w)
+                total = 0.0
+                for k in range(n_nodes):
+                    total += math.exp(weights[k] - top)
+                    weights[k] = total
+                target = _counter_uniform(key, base) * total
+                pick = 0
+                for k in range(n_nodes):
+                    if weights[k] < target:
+                        pick += 1
+                mean += nodes[min(pick, n_nodes - 1)]
+            lam = math.exp(mean)
+            # step 3: x − y | y
+            extra = 0
+            if thinned:
+                u = _counter_uniform(key, base + np.uint64(1))
+                if alpha > 0.0:
+                    ratio = size / lam
+                    extra = _nb_size_scalar(u, size + y, (1.0 - p) / (ratio + 1.0))
+                else:
+                    extra = _ppf_scalar(u, (1.0 - p) * lam)
+                if extra < 0:
+                    out[i, j] = _UNCERTAIN
+                    continue
+            x = y + extra
+            # step 4: δ on x's CDF step, the twin pre-capture count under λ e^Δ
+            if alpha > 0.0:
+                low, high = _nb_step(x, size, lam / (size + lam))
+            else:
+                low, high = _poisson_step(x, lam)
+            if high < 0.0:
+                out[i, j] = _UNCERTAIN
+                continue
+            delta = low + _counter_uniform(key, base + np.uint64(2)) * (high - low)
+            delta = min(delta, _BELOW_ONE)
+            lam_twin = lam * math.exp(shift[i, j])
+            if alpha > 0.0:
+                x_twin = _nb_scalar(delta, lam_twin, alpha)
+            else:
+                x_twin = _ppf_scalar(delta, lam_twin)
+            if x_twin < 0:
+                out[i, j] = _UNCERTAIN
+                continue
+            if not thinned:
+                out[i, j] = x_twin
+                continue
+            # ν on y's CDF step given x, the twin's capture of x'
+            low, high = _binom_step(y, x, p)
+            if high < 0.0:
+                out[i, j] = _UNCERTAIN
+                continue
+            nu = min(low + _counter_uniform(key, base + np.uint64(3)) * (high - low), _BELOW_ONE)
+            out[i, j] = _binom_scalar(nu, x_twin, p)
 
 
 def _nb_cdf(k: np.ndarray, lam: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -316,30 +480,48 @@ def _nb_cdf(k: np.ndarray, lam: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out
 
 
-def _uniform_on(lower: np.ndarray, upper: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.minimum(lower + rng.random(lower.shape) * (upper - lower), _BELOW_ONE)
+def _uniform_on(lower: np.ndarray, upper: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.minimum(lower + u * (upper - lower), _BELOW_ONE)
 
 
-def _sample_twin(
-    cells: RealisticCells,
-    rows: slice,
-    log_rate: np.ndarray,
-    library: np.ndarray,
-    capture: np.ndarray,
+def _twin_reference(
+    y: np.ndarray,
+    mean: np.ndarray,
     shift: np.ndarray,
-    rng: np.random.Generator,
+    alpha: np.ndarray,
+    p: np.ndarray,
+    sigma: float,
+    thinned: bool,
+    uniforms: np.ndarray,
 ) -> np.ndarray:
-    """One posterior twin of ``rows`` given (l, p) draws and Δ, shape (n_rows, n_genes)."""
-    y_all = np.asarray(cells.counts[rows], dtype=np.int64)
-    twin = y_all.copy()
-    r_idx, g_idx = np.nonzero(shift)
-    if r_idx.size == 0:
-        return twin
-    y = y_all[r_idx, g_idx]
-    alpha = cells.dispersion[g_idx]
-    p = capture[r_idx]
-    mean = log_rate[r_idx, g_idx] + library[r_idx]
-    sigma = cells.base.noise_sd
+    """Steps 2–4 and the twin in numpy/scipy, for flat entries given their uniforms.
+
+    The same map from the four uniforms to the twin as :func:`_twin_kernel`, with
+    scipy's CDFs and quantiles: it settles the entries the kernel cannot certify,
+    and is the reference the kernel is tested and benchmarked against.
+
+    Parameters
+    ----------
+    y : ndarray of int64, shape (n,)
+        Observed counts.
+    mean : ndarray, shape (n,)
+        m + T(v) + l, the log-rate without the residual ε.
+    shift : ndarray, shape (n,)
+        Δ.
+    alpha : ndarray, shape (n,)
+        Dispersion of each entry's gene (0: Poisson).
+    p : ndarray, shape (n,)
+        Capture draw of each entry's cell (1 without capture).
+    sigma : float
+        σ, the sd of ε.
+    thinned : bool
+        Whether the bundle has capture.
+    uniforms : ndarray, shape (n, 4)
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+    """
     if sigma > 0:  # step 2: ε | y, l, p
         nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES
         mu = p[:, None] * np.exp(mean[:, None] + nodes[None, :])
@@ -350,33 +532,107 @@ def _sample_twin(
         log_w -= np.where((alpha > 0)[:, None], nb_term, mu)
         log_w -= log_w.max(axis=1, keepdims=True)
         cdf = np.cumsum(np.exp(log_w), axis=1)
-        target = rng.random(y.size) * cdf[:, -1]
+        target = uniforms[:, 0] * cdf[:, -1]
         pick = np.minimum((cdf < target[:, None]).sum(axis=1), nodes.size - 1)
         mean = mean + nodes[pick]
     lam = np.exp(mean)
+    nb = alpha > 0
     # step 3: the pre-capture count x | y
     extra = np.zeros(y.size, dtype=np.int64)
-    if cells.capture is not None:
-        nb = alpha > 0
+    if thinned:
         r = 1.0 / alpha[nb]
         ratio = r / lam[nb]
-        extra[nb] = rng.negative_binomial(r + y[nb], (ratio + p[nb]) / (ratio + 1.0))
-        extra[~nb] = rng.poisson((1.0 - p[~nb]) * lam[~nb])
+        value = stats.nbinom.ppf(uniforms[nb, 1], r + y[nb], (ratio + p[nb]) / (ratio + 1.0))
+        extra[nb] = np.maximum(value, 0)
+        extra[~nb] = np.maximum(stats.poisson.ppf(uniforms[~nb, 1], (1.0 - p[~nb]) * lam[~nb]), 0)
     x = y + extra
     # step 4: δ on x's step, ν on y's step given x
-    delta = _uniform_on(_nb_cdf(x - 1, lam, alpha), _nb_cdf(x, lam, alpha), rng)
-    lam_twin = lam * np.exp(shift[r_idx, g_idx])
+    delta = _uniform_on(_nb_cdf(x - 1, lam, alpha), _nb_cdf(x, lam, alpha), uniforms[:, 2])
+    lam_twin = lam * np.exp(shift)
     x_twin = np.empty(y.size, dtype=np.int64)
-    nb = alpha > 0
     x_twin[nb] = nbinom_ppf(delta[nb], lam_twin[nb], alpha[nb])
     x_twin[~nb] = poisson_ppf(delta[~nb], lam_twin[~nb])
-    if cells.capture is None:
-        y_twin = x_twin
+    if not thinned:
+        return x_twin
+    lower = np.where(y > 0, special.bdtr(np.maximum(y - 1, 0), x, p), 0.0)
+    nu = _uniform_on(lower, special.bdtr(y, x, p), uniforms[:, 3])
+    return binom_ppf(nu, x_twin, p)
+
+
+@dataclass(frozen=True)
+class _DrawStream:
+    """Where one twin draw's uniforms come from: draw ``draw`` of stream ``key``."""
+
+    key: np.uint64
+    draw: int
+    n_cells: int
+
+
+def _sample_twin(
+    cells: RealisticCells,
+    rows: slice,
+    log_rate: np.ndarray,
+    library: np.ndarray,
+    capture: np.ndarray,
+    shift: np.ndarray,
+    stream: _DrawStream,
+    *,
+    engine: Literal["numba", "numpy"] = "numba",
+) -> np.ndarray:
+    """One posterior twin of ``rows`` given (l, p) draws and Δ, shape (n_rows, n_genes).
+
+    ``engine="numpy"`` runs :func:`_twin_reference` on every changed entry (the
+    reference of tests and benchmarks); both engines give the same twin up to
+    floating-point ties.
+    """
+    counts = np.ascontiguousarray(cells.counts[rows], dtype=np.int64)
+    thinned = cells.capture is not None
+    p_rows = np.ascontiguousarray(capture if thinned else np.ones(counts.shape[0]))
+    if engine == "numba":
+        sigma = cells.base.noise_sd
+        nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES if sigma > 0 else np.zeros(0)
+        twin = np.empty_like(counts)
+        _twin_kernel(
+            counts,
+            np.ascontiguousarray(log_rate, dtype=np.float64),
+            np.ascontiguousarray(shift, dtype=np.float64),
+            np.ascontiguousarray(library, dtype=np.float64),
+            p_rows,
+            thinned,
+            np.ascontiguousarray(cells.dispersion, dtype=np.float64),
+            nodes,
+            np.log(_HERMITE_WEIGHTS),
+            stream.key,
+            stream.draw,
+            rows.start,
+            stream.n_cells,
+            twin,
+        )
+        r_idx, g_idx = np.nonzero(twin == _UNCERTAIN)
     else:
-        lower = np.where(y > 0, special.bdtr(np.maximum(y - 1, 0), x, p), 0.0)
-        nu = _uniform_on(lower, special.bdtr(y, x, p), rng)
-        y_twin = binom_ppf(nu, x_twin, p)
-    twin[r_idx, g_idx] = y_twin
+        twin = counts.copy()
+        r_idx, g_idx = np.nonzero(shift)
+    if r_idx.size:
+        uniforms = np.empty((r_idx.size, _N_STREAMS))
+        _entry_uniforms(
+            stream.key,
+            stream.draw,
+            (r_idx + rows.start).astype(np.int64),
+            g_idx.astype(np.int64),
+            stream.n_cells,
+            counts.shape[1],
+            uniforms,
+        )
+        twin[r_idx, g_idx] = _twin_reference(
+            counts[r_idx, g_idx],
+            log_rate[r_idx, g_idx] + library[r_idx],
+            shift[r_idx, g_idx],
+            cells.dispersion[g_idx],
+            p_rows[r_idx],
+            cells.base.noise_sd,
+            thinned,
+            uniforms,
+        )
     return twin
 
 
@@ -401,6 +657,9 @@ class RealisticTwinPosterior:
         self._concepts = TwinPosterior(cells.base, intervention)  # validates, draws v'
         self._grid: LibraryCaptureGrid | None = None
 
+    #: "numpy": every changed entry through :func:`_twin_reference` (tests, benchmarks)
+    _engine: Literal["numba", "numpy"] = "numba"
+
     @property
     def library_capture(self) -> LibraryCaptureGrid:
         """The grid posterior of (l, p), computed on first use and then reused: it
@@ -419,15 +678,24 @@ class RealisticTwinPosterior:
         cells = self.cells
         library, capture = self.library_capture.draw(n_samples, rng)
         targets = self.concept_draws(n_samples, rng)
+        key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
         for start in range(0, cells.n_cells, chunk):
             rows = slice(start, min(start + chunk, cells.n_cells))
             factual = cells.log_rate(cells.base.concepts[rows], rows)
             for s in range(n_samples):
                 shift = cells.log_rate(targets[s, rows], rows) - factual
+                stream = _DrawStream(key=key, draw=s, n_cells=cells.n_cells)
                 yield (
                     rows,
                     _sample_twin(
-                        cells, rows, factual, library[s, rows], capture[s, rows], shift, rng
+                        cells,
+                        rows,
+                        factual,
+                        library[s, rows],
+                        capture[s, rows],
+                        shift,
+                        stream,
+                        engine=self._engine,
                     ),
                 )
 
