@@ -15,7 +15,8 @@ drawn in this order:
 1. (l_i, p_i) | y_i on a grid (41 library sizes over ±5 prior sd × 21 Beta
    quantile midpoints), with the likelihood of y_ij ~ NB(p e^{m + T + l + σ²/2}, α_j)
    (a thinned NB is NB with the same α; the residual's extra dispersion is
-   neglected in this step only, as in :mod:`simcell.simulator.posterior`);
+   neglected in this step only, as in :mod:`simcell.simulator.posterior`; grid
+   points whose weight is below e^-50 of their capture level's maximum are skipped);
 2. ε_ij | y_ij, l, p by a 16-node Gauss–Hermite quadrature of its exact posterior;
 3. the pre-capture count x_ij | y_ij, λ, p: with G the gamma multiplier,
    G | y ~ Gamma(r + y, rate r/λ + p) and x − y | G ~ Poisson((1 − p) G), so
@@ -28,6 +29,15 @@ drawn in this order:
 
 The twin is x' = Q_NB(δ; λ e^{Δ}, α), y' = Q_Bin(ν; x', p) with
 Δ_ij = T_ij(v') − T_ij(v), computed only where Δ ≠ 0 (elsewhere y' = y exactly).
+
+Steps 2–4 and the twin run in one compiled kernel per draw (``_twin_kernel``,
+parallel over cells), every step by the inverse CDF of one uniform. The four
+uniforms of an entry are SplitMix64 outputs at a counter of (draw, cell, gene,
+step) in a stream keyed once per call from ``rng``: a posterior's draws are the
+same bytes whatever the chunk size and the number of numba threads. The rare
+entries whose CDF walk cannot be certified (an underflowing p(0), a walk past
+4,096 steps, a step narrower than 1e-11) are settled with the same uniforms by
+``_twin_reference``, the numpy/scipy version of the same map.
 
 The harness dispatches here with one line in ``evaluation/oracle.py``
 (``oracle_posterior``)::
@@ -210,14 +220,36 @@ def realistic_cells(bundle, positions: np.ndarray) -> RealisticCells:
 # ----------------------------------------------------------------- step 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _grid_log_likelihood(counts, log_rate, shift, dispersion, out):  # pragma: no cover
-    """Σ_j log NB(y_ij; e^{log_rate_ij + s}, α_j) up to constants, for every grid s.
+#: grid points more than this below their capture level's maximum log posterior are not
+#: evaluated (weight < e^-50 ≈ 2e-22 of the maximum's: below float64's resolution)
+_GRID_CUTOFF = 50.0
 
-    Σ_j y_ij s and the Poisson genes' Σ_j μ_ij are factored out of the gene loop,
-    which leaves one logarithm per (cell, grid point, NB gene).
+
+@numba.njit(inline="always")
+def _log_likelihood_at(s, rate, weight, size, total, poisson_rate):
+    """Σ_j log NB(y_j; rate_j e^s, α_j) up to constants (Poisson genes folded in)."""
+    scale = math.exp(s)
+    acc = 0.0
+    for e in range(rate.size):
+        acc += weight[e] * math.log(size[e] + rate[e] * scale)
+    return total * s - scale * poisson_rate - acc
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _grid_log_posterior(
+    counts, log_rate, library, log_capture, prior, dispersion, out
+):  # pragma: no cover - compiled
+    """log p(l_a, p_b | y_i) up to a constant on the grid, −inf where not evaluated.
+
+    ``out[i, a * n_capture + b]``. Σ_j y_ij s and the Poisson genes' Σ_j μ_ij are
+    factored out of the gene loop (one logarithm per NB gene and grid point). The
+    log-likelihood is concave in s = l + log p and the prior is Gaussian in l, so on
+    each capture level the log posterior is concave in l: climb to its maximum, then
+    walk out on each side until it is ``_GRID_CUTOFF`` below it; farther points
+    (weight below float64's resolution) stay −inf.
     """
     n_cells, n_genes = counts.shape
+    n_l, n_p = library.shape[1], log_capture.size
     nb_genes = np.flatnonzero(dispersion > 0.0)
     size = 1.0 / dispersion[nb_genes]
     for i in numba.prange(n_cells):
@@ -233,13 +265,48 @@ def _grid_log_likelihood(counts, log_rate, shift, dispersion, out):  # pragma: n
             j = nb_genes[e]
             rate[e] = math.exp(log_rate[i, j])
             weight[e] = counts[i, j] + size[e]
-        for g in range(shift.shape[1]):
-            s = shift[i, g]
-            scale = math.exp(s)
-            acc = 0.0
-            for e in range(nb_genes.size):
-                acc += weight[e] * math.log(size[e] + rate[e] * scale)
-            out[i, g] = total * s - scale * poisson_rate - acc
+        for g in range(n_l * n_p):
+            out[i, g] = -math.inf
+        start = n_l // 2
+        for b in range(n_p):
+            a = start
+            here = prior[a] + _log_likelihood_at(
+                library[i, a] + log_capture[b], rate, weight, size, total, poisson_rate
+            )
+            out[i, a * n_p + b] = here
+            for step in (1, -1):  # climb
+                while 0 <= a + step < n_l:
+                    value = prior[a + step] + _log_likelihood_at(
+                        library[i, a + step] + log_capture[b],
+                        rate,
+                        weight,
+                        size,
+                        total,
+                        poisson_rate,
+                    )
+                    out[i, (a + step) * n_p + b] = value
+                    if value <= here:
+                        break
+                    a += step
+                    here = value
+            start = a
+            for step in (1, -1):  # walk out to the cutoff
+                k = a + step
+                while 0 <= k < n_l:
+                    value = out[i, k * n_p + b]
+                    if value == -math.inf:
+                        value = prior[k] + _log_likelihood_at(
+                            library[i, k] + log_capture[b],
+                            rate,
+                            weight,
+                            size,
+                            total,
+                            poisson_rate,
+                        )
+                        out[i, k * n_p + b] = value
+                    if value < here - _GRID_CUTOFF:
+                        break
+                    k += step
 
 
 def _capture_grid(capture: tuple[float, float] | None) -> np.ndarray:
@@ -283,9 +350,10 @@ class LibraryCaptureGrid:
 def library_capture_grid(cells: RealisticCells) -> LibraryCaptureGrid:
     """The grid posterior of (l_i, p_i) given the observed counts (step 1).
 
-    The cost is n_cells × 861 grid points × n_genes evaluations of the NB
-    likelihood; :class:`RealisticTwinPosterior` computes it once and reuses it
-    for every later draw.
+    The cost is n_cells × n_genes NB log-likelihood terms per grid point, at the
+    grid points within ``_GRID_CUTOFF`` of their capture level's maximum (about a
+    third of the 861 on a realistic bundle); :class:`RealisticTwinPosterior`
+    computes it once and reuses it for every later draw.
 
     Returns
     -------
@@ -295,17 +363,17 @@ def library_capture_grid(cells: RealisticCells) -> LibraryCaptureGrid:
     capture = _capture_grid(cells.capture)
     library = sd[:, None] * _LIBRARY_GRID[None, :]  # (n, L)
     n, n_l, n_p = cells.n_cells, _LIBRARY_GRID.size, capture.size
-    shift = (library[:, :, None] + np.log(capture)[None, None, :]).reshape(n, -1)
     log_rate = cells.log_rate(cells.base.concepts, slice(None)) + cells.base.noise_sd**2 / 2
     log_post = np.empty((n, n_l * n_p))
-    _grid_log_likelihood(
+    _grid_log_posterior(
         np.ascontiguousarray(cells.counts, dtype=np.float64),
         np.ascontiguousarray(log_rate),
-        np.ascontiguousarray(shift),
-        np.ascontiguousarray(cells.dispersion),
+        np.ascontiguousarray(library),
+        np.log(capture),
+        -0.5 * _LIBRARY_GRID**2,
+        np.ascontiguousarray(cells.dispersion, dtype=np.float64),
         log_post,
     )
-    log_post += np.repeat(-0.5 * _LIBRARY_GRID**2, n_p)[None, :]
     log_post -= log_post.max(axis=1, keepdims=True)
     cdf = np.cumsum(np.exp(log_post), axis=1)
     cdf /= cdf[:, -1:]
