@@ -17,7 +17,9 @@ drawn in this order:
    (a thinned NB is NB with the same α; the residual's extra dispersion is
    neglected in this step only, as in :mod:`simcell.simulator.posterior`; grid
    points whose weight is below e^-50 of their capture level's maximum are skipped);
-2. ε_ij | y_ij, l, p by a 16-node Gauss–Hermite quadrature of its exact posterior;
+2. ε_ij | y_ij, l, p by a 16-node Gauss–Hermite quadrature of its exact posterior
+   (drawn by rejection: a node from the prior weights, accepted with probability
+   L(node) / max L over the nodes; after 8 rejections from the categorical itself);
 3. the pre-capture count x_ij | y_ij, λ, p: with G the gamma multiplier,
    G | y ~ Gamma(r + y, rate r/λ + p) and x − y | G ~ Poisson((1 − p) G), so
    x − y | y ~ NB(size r + y, success (r/λ + p) / (r/λ + 1)), r = 1/α
@@ -31,9 +33,9 @@ The twin is x' = Q_NB(δ; λ e^{Δ}, α), y' = Q_Bin(ν; x', p) with
 Δ_ij = T_ij(v') − T_ij(v), computed only where Δ ≠ 0 (elsewhere y' = y exactly).
 
 Steps 2–4 and the twin run in one compiled kernel per draw (``_twin_kernel``,
-parallel over cells), every step by the inverse CDF of one uniform. The four
-uniforms of an entry are SplitMix64 outputs at a counter of (draw, cell, gene,
-step) in a stream keyed once per call from ``rng``: a posterior's draws are the
+parallel over cells), each step by the inverse CDF of uniforms. An entry's
+uniforms are SplitMix64 outputs at a counter of (draw, cell, gene, stream) in a
+stream keyed once per call from ``rng``: a posterior's draws are the
 same bytes whatever the chunk size and the number of numba threads. The rare
 entries whose CDF walk cannot be certified (an underflowing p(0), a walk past
 4,096 steps, a step narrower than 1e-11) are settled with the same uniforms by
@@ -83,6 +85,9 @@ _BELOW_ONE = float(np.nextafter(1.0, 0.0))
 _LIBRARY_GRID = np.linspace(-5.0, 5.0, 41)
 _CAPTURE_GRID = 21
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(16)
+#: the prior categorical of ε's node (step 2's proposal), its last entry exactly 1
+_PRIOR_CDF = np.cumsum(_HERMITE_WEIGHTS) / _HERMITE_WEIGHTS.sum()
+_PRIOR_CDF[-1] = 1.0
 DEFAULT_CHUNK = 256
 
 #: bundle keys of the realistic layers (written by :func:`simcell.simulator.process.prepare`)
@@ -394,7 +399,7 @@ def library_capture_draws(
 
 # ----------------------------------------------------------------- steps 2-4
 #
-# One twin draw of an entry uses four uniforms (ε's node, x − y, δ, ν). They are a
+# One twin draw of an entry uses uniforms for ε's node, x − y, δ and ν. They are a
 # counter-based function of (key, draw, cell, gene, stream) — SplitMix64's output
 # at that counter — so a twin does not depend on the chunk size, on the number of
 # threads, nor on which other entries the intervention changes.
@@ -402,7 +407,20 @@ def library_capture_draws(
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
-_N_STREAMS = 4
+#: step 2 tries this many prior proposals before it computes the full categorical
+_REJECT_TRIES = 8
+#: streams per entry: 0 the categorical's uniform, 1 x − y, 2 δ, 3 ν, then the
+#: (proposal, acceptance) pairs of step 2's rejection sampler
+_FIRST_REJECT = 4
+_N_STREAMS = _FIRST_REJECT + 2 * _REJECT_TRIES
+
+
+@numba.njit(inline="always")
+def _node_log_likelihood(y, node, mu, size, nb):
+    """log p(y | ε = node) up to terms free of the node, with μ = p e^{m + l + node}."""
+    if nb:
+        return y * node - (y + size) * math.log(size + mu)
+    return y * node - mu
 
 
 @numba.njit(inline="always")
@@ -443,6 +461,7 @@ def _twin_kernel(
     dispersion,
     nodes,
     log_weights,
+    prior_cdf,
     key,
     draw,
     first_cell,
@@ -472,26 +491,52 @@ def _twin_kernel(
             mean = log_rate[i, j] + library[i]
             if n_nodes > 0:  # step 2: ε | y, l, p on the Gauss–Hermite nodes
                 scale = p * math.exp(mean)
+                nb = alpha > 0.0
+                # the log-likelihood f(t) of node t is concave, largest at t* = log(y / scale):
+                # its maximum over the nodes is at one of the two nodes around t*
+                upper = 0
+                if y > 0:
+                    star = math.log(y) - log_p - mean
+                    while upper < n_nodes and nodes[upper] < star:
+                        upper += 1
                 top = -math.inf
-                for k in range(n_nodes):
-                    mu = scale * exp_nodes[k]
-                    w = log_weights[k] + y * (log_p + mean + nodes[k])
-                    if alpha > 0.0:
-                        w -= (y + size) * math.log(size + mu)
-                    else:
-                        w -= mu
-                    weights[k] = w
-                    top = max(top, w)
-                total = 0.0
-                for k in range(n_nodes):
-                    total += math.exp(weights[k] - top)
-                    weights[k] = total
-                target = _counter_uniform(key, base) * total
-                pick = 0
-                for k in range(n_nodes):
-                    if weights[k] < target:
-                        pick += 1
-                mean += nodes[min(pick, n_nodes - 1)]
+                for k in range(max(upper - 1, 0), min(upper, n_nodes - 1) + 1):
+                    top = max(
+                        top, _node_log_likelihood(y, nodes[k], scale * exp_nodes[k], size, nb)
+                    )
+                # rejection from the prior weights, accepting node k with probability
+                # e^{f(k) − max f}: exactly the posterior categorical, at one likelihood
+                # per proposal instead of all 16
+                pick = -1
+                for attempt in range(_REJECT_TRIES):
+                    stream = base + np.uint64(_FIRST_REJECT + 2 * attempt)
+                    u = _counter_uniform(key, stream)
+                    k = 0
+                    while k < n_nodes - 1 and prior_cdf[k] <= u:
+                        k += 1
+                    f = _node_log_likelihood(y, nodes[k], scale * exp_nodes[k], size, nb)
+                    if _counter_uniform(key, stream + np.uint64(1)) < math.exp(f - top):
+                        pick = k
+                        break
+                if pick < 0:  # every proposal rejected: the categorical itself
+                    top = -math.inf
+                    for k in range(n_nodes):
+                        w = log_weights[k] + _node_log_likelihood(
+                            y, nodes[k], scale * exp_nodes[k], size, nb
+                        )
+                        weights[k] = w
+                        top = max(top, w)
+                    total = 0.0
+                    for k in range(n_nodes):
+                        total += math.exp(weights[k] - top)
+                        weights[k] = total
+                    target = _counter_uniform(key, base) * total
+                    pick = 0
+                    for k in range(n_nodes):
+                        if weights[k] < target:
+                            pick += 1
+                    pick = min(pick, n_nodes - 1)
+                mean += nodes[pick]
             lam = math.exp(mean)
             # step 3: x − y | y
             extra = 0
@@ -584,7 +629,7 @@ def _twin_reference(
         σ, the sd of ε.
     thinned : bool
         Whether the bundle has capture.
-    uniforms : ndarray, shape (n, 4)
+    uniforms : ndarray, shape (n, _N_STREAMS)
 
     Returns
     -------
@@ -594,15 +639,28 @@ def _twin_reference(
         nodes = np.sqrt(2.0) * sigma * _HERMITE_NODES
         mu = p[:, None] * np.exp(mean[:, None] + nodes[None, :])
         safe = np.where(alpha > 0, alpha, 1.0)
-        r = 1.0 / safe
-        nb_term = (y + r)[:, None] * np.log(r[:, None] + mu)
-        log_w = np.log(_HERMITE_WEIGHTS)[None, :] + y[:, None] * np.log(mu)
-        log_w -= np.where((alpha > 0)[:, None], nb_term, mu)
+        r = (1.0 / safe)[:, None]
+        log_lik = y[:, None] * nodes[None, :] - np.where(
+            (alpha > 0)[:, None], (y[:, None] + r) * np.log(r + mu), mu
+        )
+        top = log_lik.max(axis=1)
+        rows = np.arange(y.size)
+        pick = np.full(y.size, -1)
+        for attempt in range(_REJECT_TRIES):  # rejection from the prior weights
+            proposal = np.minimum(
+                (_PRIOR_CDF[None, :] <= uniforms[:, _FIRST_REJECT + 2 * attempt, None]).sum(axis=1),
+                nodes.size - 1,
+            )
+            accept = uniforms[:, _FIRST_REJECT + 2 * attempt + 1] < np.exp(
+                log_lik[rows, proposal] - top
+            )
+            pick = np.where((pick < 0) & accept, proposal, pick)
+        log_w = np.log(_HERMITE_WEIGHTS)[None, :] + log_lik
         log_w -= log_w.max(axis=1, keepdims=True)
         cdf = np.cumsum(np.exp(log_w), axis=1)
         target = uniforms[:, 0] * cdf[:, -1]
-        pick = np.minimum((cdf < target[:, None]).sum(axis=1), nodes.size - 1)
-        mean = mean + nodes[pick]
+        full = np.minimum((cdf < target[:, None]).sum(axis=1), nodes.size - 1)
+        mean = mean + nodes[np.where(pick < 0, full, pick)]
     lam = np.exp(mean)
     nb = alpha > 0
     # step 3: the pre-capture count x | y
@@ -670,6 +728,7 @@ def _sample_twin(
             np.ascontiguousarray(cells.dispersion, dtype=np.float64),
             nodes,
             np.log(_HERMITE_WEIGHTS),
+            _PRIOR_CDF,
             stream.key,
             stream.draw,
             rows.start,
