@@ -443,7 +443,7 @@ def _entry_counter(draw, cell, gene, n_cells, n_genes):
 
 @numba.njit(nogil=True, cache=True)
 def _entry_uniforms(key, draw, cell, gene, n_cells, n_genes, out):  # pragma: no cover
-    """The four uniforms of entries (cell[e], gene[e]) of draw ``draw``, out (n, 4)."""
+    """Every uniform of entries (cell[e], gene[e]) of draw ``draw``, out (n, _N_STREAMS)."""
     for e in range(cell.size):
         base = _entry_counter(draw, cell[e], gene[e], n_cells, n_genes)
         for k in range(_N_STREAMS):
