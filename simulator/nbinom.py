@@ -46,7 +46,18 @@ def _nb_scalar(q: float, mean: float, dispersion: float) -> int:
     if q < 1.0 - mean - _CERTIFY_TOL:
         return 0
     size = 1.0 / dispersion
-    fail = mean / (size + mean)
+    return _nb_size_scalar(q, size, mean / (size + mean))
+
+
+@numba.njit(inline="always")
+def _nb_size_scalar(q: float, size: float, fail: float) -> int:
+    """Q(q) of the NB with real size r > 0 and failure probability 1 − s = ``fail``.
+
+    p(0) = s^r, p(k) = p(k − 1) (k − 1 + r) / k · (1 − s); ``_UNCERTAIN`` when the
+    walk cannot certify its answer (settle those with scipy's ``nbinom.ppf``).
+    """
+    if q <= 0.0 or fail <= 0.0:
+        return 0
     log_zero = size * math.log1p(-fail)
     if log_zero < _LOG_TINY:  # p(0) subnormal: the recursion would lose precision
         return _UNCERTAIN
@@ -64,6 +75,69 @@ def _nb_scalar(q: float, mean: float, dispersion: float) -> int:
     if cdf - q < _CERTIFY_TOL or (k > 0 and q - below <= _CERTIFY_TOL):
         return _UNCERTAIN
     return k
+
+
+@numba.njit(inline="always")
+def _nb_step(k: int, size: float, fail: float) -> tuple[float, float]:
+    """(F(k − 1), F(k)) of the NB with size r and failure probability ``fail``.
+
+    The step of the CDF that an inverse-CDF uniform of count k lies on. (−1, −1)
+    when the pmf walk cannot certify it to ``_CERTIFY_TOL``: p(0) subnormal, a walk
+    longer than ``_MAX_STEPS``, or a step narrower than the tolerance.
+    """
+    log_zero = size * math.log1p(-fail)
+    if log_zero < _LOG_TINY or k > _MAX_STEPS:
+        return -1.0, -1.0
+    pmf = math.exp(log_zero)
+    cdf = pmf
+    below = 0.0
+    for i in range(1, k + 1):
+        pmf *= (i - 1.0 + size) / i * fail
+        below = cdf
+        cdf += pmf
+    if pmf < _CERTIFY_TOL:
+        return -1.0, -1.0
+    return below, min(cdf, 1.0)
+
+
+@numba.njit(inline="always")
+def _binom_step(k: int, n: int, p: float) -> tuple[float, float]:
+    """(F(k − 1), F(k)) of Bin(n, p) for 0 ≤ k ≤ n, certified as :func:`_nb_step`."""
+    if p <= 0.0:
+        return (0.0, 1.0) if k == 0 else (-1.0, -1.0)
+    if p >= 1.0:
+        return (0.0, 1.0) if k == n else (-1.0, -1.0)
+    log_zero = n * math.log1p(-p)
+    if log_zero < _LOG_TINY or k > _MAX_STEPS:
+        return -1.0, -1.0
+    odds = p / (1.0 - p)
+    pmf = math.exp(log_zero)
+    cdf = pmf
+    below = 0.0
+    for i in range(1, k + 1):
+        pmf *= (n - i + 1.0) / i * odds
+        below = cdf
+        cdf += pmf
+    if pmf < _CERTIFY_TOL:
+        return -1.0, -1.0
+    return below, min(cdf, 1.0)
+
+
+@numba.njit(inline="always")
+def _poisson_step(k: int, lam: float) -> tuple[float, float]:
+    """(F(k − 1), F(k)) of Poisson(λ), certified as :func:`_nb_step`."""
+    if lam > -_LOG_TINY or k > _MAX_STEPS:
+        return -1.0, -1.0
+    pmf = math.exp(-lam)
+    cdf = pmf
+    below = 0.0
+    for i in range(1, k + 1):
+        pmf *= lam / i
+        below = cdf
+        cdf += pmf
+    if pmf < _CERTIFY_TOL:
+        return -1.0, -1.0
+    return below, min(cdf, 1.0)
 
 
 @numba.njit(inline="always")
