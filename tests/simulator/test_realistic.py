@@ -220,6 +220,46 @@ def test_interactions_make_concept_effects_cell_type_specific(hard_small):
     assert np.all(np.tril(np.ones(pairs.shape[:2]))[:, :, None] * pairs == 0)
 
 
+@pytest.mark.parametrize("off", ["interaction_sd", "concept_interaction_sd"])
+def test_each_interaction_knob_alone_keeps_exact_twins(off):
+    # the difficulty table grades one knob with the other at 0: each alone stays exact
+    params = scenarios.load(
+        "synthetic2-hard", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    ).replace(**{off: 0.0})
+    data = simulate(params, seed=5, n_threads=1)
+    assert (data.world.typed_concept_effects is None) == (off == "interaction_sd")
+    assert (data.world.concept_pair_effects is None) == (off == "concept_interaction_sd")
+    factual = data.factual.X.toarray()
+    index = np.arange(0, 500, 4)
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual[index])
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0}).X.toarray()
+    np.testing.assert_array_equal(twins, data.counterfactuals.X.toarray())
+    unaffected = data.world.concept_effects[task.concept] == 0
+    assert unaffected.any()
+    np.testing.assert_array_equal(twins[:, unaffected], factual[task.intervene][:, unaffected])
+    assert (twins != factual[task.intervene]).any()
+
+
+def test_grading_the_concept_pair_knob_scales_one_draw_of_the_same_cells():
+    # the difficulty table compares knob values on the same cells and the same
+    # tasks: only d moves, and it is the same standard-normal draw scaled by the knob
+    base = scenarios.load(
+        "synthetic2-hard", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    ).replace(interaction_sd=0.0)
+    low = simulate(base.replace(concept_interaction_sd=0.05), seed=2, n_threads=1)
+    high = simulate(base.replace(concept_interaction_sd=0.2), seed=2, n_threads=1)
+    np.testing.assert_allclose(
+        high.world.concept_pair_effects, 4.0 * low.world.concept_pair_effects, rtol=1e-14
+    )
+    np.testing.assert_array_equal(low.world.concept_effects, high.world.concept_effects)
+    np.testing.assert_array_equal(
+        low.factual.obsm["concepts_true"], high.factual.obsm["concepts_true"]
+    )
+    np.testing.assert_array_equal(low.tasks[0].split, high.tasks[0].split)
+    assert (low.factual.X != high.factual.X).nnz > 0
+
+
 def test_concept_terms_match_their_closed_form():
     from simcell.simulator.counts import ConceptTerms
 
