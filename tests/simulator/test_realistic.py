@@ -10,6 +10,7 @@ from simcell import SimcellError, scenarios
 from simcell.simulator import simulate
 from simcell.simulator.nbinom import binom_ppf, nbinom_ppf
 from simcell.simulator.params import SimulationParams
+from simcell.simulator.world import draw_world
 
 # a world with no effects: every cell of gene j has rate e^{w_j}
 _FLAT = dict(
@@ -280,6 +281,31 @@ def test_the_hard_preset_differs_from_synthetic2_only_by_its_knobs():
     hard, base = scenarios.load("synthetic2-hard"), scenarios.load("synthetic2")
     assert hard.replace(interaction_sd=0.0, concept_interaction_sd=0.0) == base
     assert hard.interacting and not base.interacting
+
+
+def test_the_pairs_preset_is_synthetic2_with_dense_interacting_concepts():
+    pairs, base = scenarios.load("synthetic2-pairs"), scenarios.load("synthetic2")
+    assert pairs.replace(concept_concentration=0.2, concept_interaction_sd=0.0) == base
+    assert pairs.interacting and pairs.interaction_sd == 0
+    params = scenarios.load(
+        "synthetic2-pairs", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    )
+    data = simulate(params, seed=6, n_threads=1)
+    factual = data.factual.X.toarray()
+    index = np.arange(1, 500, 4)
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual[index])
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0}).X.toarray()
+    np.testing.assert_array_equal(twins, data.counterfactuals.X.toarray())
+    unaffected = data.world.concept_effects[task.concept] == 0
+    assert unaffected.any()
+    np.testing.assert_array_equal(twins[:, unaffected], factual[task.intervene][:, unaffected])
+    # the point of the preset: each cell type carries several concepts (of 4 × 5
+    # type-concept probabilities, 17-19 are >= 5 % over seeds 0-5; synthetic2: 7-13)
+    for seed in range(3):
+        dense = draw_world(params, seed).concept_probability >= 0.05
+        sparse = draw_world(base.replace(n_genes=40), seed).concept_probability >= 0.05
+        assert dense.sum() >= 15 > sparse.sum()
 
 
 def test_saturating_continuous_concepts_keep_exact_twins():
