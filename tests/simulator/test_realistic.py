@@ -10,6 +10,7 @@ from simcell import SimcellError, scenarios
 from simcell.simulator import simulate
 from simcell.simulator.nbinom import binom_ppf, nbinom_ppf
 from simcell.simulator.params import SimulationParams
+from simcell.simulator.world import draw_world
 
 # a world with no effects: every cell of gene j has rate e^{w_j}
 _FLAT = dict(
@@ -220,6 +221,46 @@ def test_interactions_make_concept_effects_cell_type_specific(hard_small):
     assert np.all(np.tril(np.ones(pairs.shape[:2]))[:, :, None] * pairs == 0)
 
 
+@pytest.mark.parametrize("off", ["interaction_sd", "concept_interaction_sd"])
+def test_each_interaction_knob_alone_keeps_exact_twins(off):
+    # the difficulty table grades one knob with the other at 0: each alone stays exact
+    params = scenarios.load(
+        "synthetic2-hard", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    ).replace(**{off: 0.0})
+    data = simulate(params, seed=5, n_threads=1)
+    assert (data.world.typed_concept_effects is None) == (off == "interaction_sd")
+    assert (data.world.concept_pair_effects is None) == (off == "concept_interaction_sd")
+    factual = data.factual.X.toarray()
+    index = np.arange(0, 500, 4)
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual[index])
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0}).X.toarray()
+    np.testing.assert_array_equal(twins, data.counterfactuals.X.toarray())
+    unaffected = data.world.concept_effects[task.concept] == 0
+    assert unaffected.any()
+    np.testing.assert_array_equal(twins[:, unaffected], factual[task.intervene][:, unaffected])
+    assert (twins != factual[task.intervene]).any()
+
+
+def test_grading_the_concept_pair_knob_scales_one_draw_of_the_same_cells():
+    # the difficulty table compares knob values on the same cells and the same
+    # tasks: only d moves, and it is the same standard-normal draw scaled by the knob
+    base = scenarios.load(
+        "synthetic2-hard", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    ).replace(interaction_sd=0.0)
+    low = simulate(base.replace(concept_interaction_sd=0.05), seed=2, n_threads=1)
+    high = simulate(base.replace(concept_interaction_sd=0.2), seed=2, n_threads=1)
+    np.testing.assert_allclose(
+        high.world.concept_pair_effects, 4.0 * low.world.concept_pair_effects, rtol=1e-14
+    )
+    np.testing.assert_array_equal(low.world.concept_effects, high.world.concept_effects)
+    np.testing.assert_array_equal(
+        low.factual.obsm["concepts_true"], high.factual.obsm["concepts_true"]
+    )
+    np.testing.assert_array_equal(low.tasks[0].split, high.tasks[0].split)
+    assert (low.factual.X != high.factual.X).nnz > 0
+
+
 def test_concept_terms_match_their_closed_form():
     from simcell.simulator.counts import ConceptTerms
 
@@ -240,6 +281,31 @@ def test_the_hard_preset_differs_from_synthetic2_only_by_its_knobs():
     hard, base = scenarios.load("synthetic2-hard"), scenarios.load("synthetic2")
     assert hard.replace(interaction_sd=0.0, concept_interaction_sd=0.0) == base
     assert hard.interacting and not base.interacting
+
+
+def test_the_pairs_preset_is_synthetic2_with_dense_interacting_concepts():
+    pairs, base = scenarios.load("synthetic2-pairs"), scenarios.load("synthetic2")
+    assert pairs.replace(concept_concentration=0.2, concept_interaction_sd=0.0) == base
+    assert pairs.interacting and pairs.interaction_sd == 0
+    params = scenarios.load(
+        "synthetic2-pairs", n_cells=500, n_genes=40, n_tasks=1, min_task_cells=5
+    )
+    data = simulate(params, seed=6, n_threads=1)
+    factual = data.factual.X.toarray()
+    index = np.arange(1, 500, 4)
+    np.testing.assert_array_equal(data.counterfactual(index).X.toarray(), factual[index])
+    task = data.tasks[0]
+    twins = data.counterfactual(task.intervene, {task.concept: 1.0}).X.toarray()
+    np.testing.assert_array_equal(twins, data.counterfactuals.X.toarray())
+    unaffected = data.world.concept_effects[task.concept] == 0
+    assert unaffected.any()
+    np.testing.assert_array_equal(twins[:, unaffected], factual[task.intervene][:, unaffected])
+    # the point of the preset: each cell type carries several concepts (of 4 × 5
+    # type-concept probabilities, 17-19 are >= 5 % over seeds 0-5; synthetic2: 7-13)
+    for seed in range(3):
+        dense = draw_world(params, seed).concept_probability >= 0.05
+        sparse = draw_world(base.replace(n_genes=40), seed).concept_probability >= 0.05
+        assert dense.sum() >= 15 > sparse.sum()
 
 
 def test_saturating_continuous_concepts_keep_exact_twins():
