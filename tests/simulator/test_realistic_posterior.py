@@ -96,7 +96,7 @@ def test_realistic_posterior_matches_brute_force_monte_carlo():
     assert np.abs(prior_hist - theirs).max() > 0.05
 
 
-@pytest.mark.parametrize("scenario", ["realistic", "synthetic2-hard"])
+@pytest.mark.parametrize("scenario", ["realistic", "synthetic2-hard", "synthetic2-pairs"])
 def test_realistic_oracle_on_a_bundle(scenario):
     params = scenarios.load(scenario, n_cells=600, n_genes=150, n_tasks=1, min_task_cells=5)
     data = simulate(params, seed=2, n_threads=1)
