@@ -58,6 +58,7 @@ __all__ = [
 Likelihood = Literal["poisson", "nb"]
 AlignmentKind = Literal["pair", "mean"]
 ShiftEmbedding = Literal["dense", "diagonal"]
+EncoderInput = Literal["normalized", "log1p"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +117,11 @@ class PerturbedVAEConfig(NeuralConfig):
         ``False``: predict the expected counts under the new u. ``True``: also
         abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
         (each gene's counts scaled by its rate ratio), as the CVAE does in PCA space.
+    encoder_input : {"normalized", "log1p"}
+        What the encoders read: log1p of the counts normalised to 10⁴ per cell,
+        or log1p of the raw counts. Normalising subtracts log Σ_j λ_j, a nonlinear
+        function of every latent, from each gene; on raw counts a mixing that is
+        linear in the log-rates stays (nearly) linear for the encoder.
     """
 
     hidden_dim: int
@@ -130,6 +136,7 @@ class PerturbedVAEConfig(NeuralConfig):
     shift_sparsity: float = 0.0
     shift_embedding: ShiftEmbedding = "dense"
     residual_abduction: bool = False
+    encoder_input: EncoderInput = "normalized"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +153,10 @@ class PerturbedVAEConfig(NeuralConfig):
                 f"shift_embedding must be 'dense' or 'diagonal', got {self.shift_embedding!r}"
             )
         check_fraction(self, "dropout")
+        if self.encoder_input not in ("normalized", "log1p"):
+            raise SimcellError(
+                f"encoder_input must be 'normalized' or 'log1p', got {self.encoder_input!r}"
+            )
 
 
 PERTURBED_VAE_PRESETS: dict[str, PerturbedVAEConfig] = {
@@ -186,8 +197,11 @@ PERTURBED_VAE_PRESETS: dict[str, PerturbedVAEConfig] = {
 }
 
 
-def _features(counts: torch.Tensor) -> torch.Tensor:
-    """What the encoders read: log1p of the counts normalised to 10⁴ per cell."""
+def _features(counts: torch.Tensor, kind: EncoderInput = "normalized") -> torch.Tensor:
+    """What the encoders read: log1p of the counts normalised to 10⁴ per cell
+    (``normalized``) or of the raw counts (``log1p``)."""
+    if kind == "log1p":
+        return torch.log1p(counts)
     library = counts.sum(dim=-1, keepdim=True).clamp_min(1.0)
     return torch.log1p(counts / library * 1e4)
 
@@ -262,7 +276,7 @@ class PerturbedVAEModule(nn.Module):
     # the pieces ----------------------------------------------------------------
 
     def posteriors(self, x, u):
-        features = _features(x)
+        features = _features(x, self.config.encoder_input)
         return self.encoder_invariant(features), self.encoder_responsive(
             torch.cat([features, u], dim=-1)
         )
@@ -316,7 +330,9 @@ class PerturbedVAEModule(nn.Module):
                 pick = torch.randint(
                     len(controls), (int(perturbed.sum()),), generator=generator, device=x.device
                 )
-                partner, _ = self.encoder_invariant(_features(controls[pick.to(controls.device)]))
+                partner, _ = self.encoder_invariant(
+                    _features(controls[pick.to(controls.device)], self.config.encoder_input)
+                )
                 gap = (mean_i[perturbed] - partner.to(x.device)).pow(2).sum(-1)
                 loss = loss + self.config.alignment * gap.sum() / x.shape[0]
         return loss
@@ -328,7 +344,9 @@ class PerturbedVAEModule(nn.Module):
         pick = torch.randint(
             len(controls), (mean_i.shape[0],), generator=generator, device=mean_i.device
         )
-        partner, _ = self.encoder_invariant(_features(controls[pick.to(controls.device)]))
+        partner, _ = self.encoder_invariant(
+            _features(controls[pick.to(controls.device)], self.config.encoder_input)
+        )
         reference = partner.to(mean_i.device).mean(dim=0)
         labels, group = torch.unique(u, dim=0, return_inverse=True)
         n_groups = labels.shape[0]
@@ -465,14 +483,16 @@ class PerturbedVAENoAlign(PerturbedVAE):
 class PerturbedVAEMeanAlign(PerturbedVAE):
     """PerturbedVAE aligning each perturbation's mean invariant code with the controls'.
 
-    ``alignment_kind="mean"`` with α = 100: the alignment that identifies the
-    invariant block on ``perturb-identifiability-linear`` where the paper's pair
-    alignment does not (see the module docstring and the slow identifiability test).
+    ``alignment_kind="mean"`` with α = 100 and ``encoder_input="log1p"``: the
+    alignment that identifies the invariant block on ``perturb-identifiability-linear``
+    where the paper's pair alignment does not (invariant R² 0.92 / 0.93 / 0.81 over
+    seeds 0 / 1 / 2 with invariant_dim 6 and 80 epochs; see
+    tests/models/test_perturbed_vae_identifiability.py).
     """
 
     name: ClassVar[str] = "perturbed_vae_meanalign"
     presets: ClassVar[Mapping[str, PerturbedVAEConfig]] = {
-        name: preset.replace(alignment=100.0, alignment_kind="mean")
+        name: preset.replace(alignment=100.0, alignment_kind="mean", encoder_input="log1p")
         for name, preset in PERTURBED_VAE_PRESETS.items()
     }
 
