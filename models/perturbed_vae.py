@@ -112,7 +112,10 @@ class PerturbedVAEConfig(NeuralConfig):
         0.57 / 0.63 / 0.49 over 3 seeds, like the dense embedding (0.57 /
         0.63 / 0.48) and below a random rotation of z_ν (mean 0.77); the
         optimum is not reached in the fast budget (100 genes, 120 epochs:
-        0.78), while the data's own single-target axes score 0.98.
+        0.78), while the data's own single-target axes score 0.98. With
+        ``encoder_input="log1p"`` too: 0.56 / 0.54 / 0.57 at 40 epochs and
+        0.70 / 0.69 / 0.72 at 300 (dense: 0.51 / 0.64 / 0.67), still below
+        the rotation's 95th percentile (0.90).
     residual_abduction : bool
         ``False``: predict the expected counts under the new u. ``True``: also
         abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
