@@ -114,3 +114,29 @@ def cuda_device() -> torch.device:
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available (torch.cuda.is_available() is False)")
     return torch.device("cuda")
+
+
+#: a tiny ``perturb-identifiability`` process (3 perturbations, one held-out double)
+PERTURB_TINY = dict(
+    n_genes=30,
+    n_perturbations=3,
+    d_invariant=3,
+    d_responsive=3,
+    n_controls=200,
+    n_per_single=60,
+    n_per_double=30,
+    n_doubles=2,
+    n_double_tasks=1,
+)
+
+
+@pytest.fixture(scope="module")
+def perturb_tiny():
+    """(dataset, counts, perturbation labels, train mask) of :data:`PERTURB_TINY`, seed 1."""
+    from simcell.simulator.perturb import PerturbParams, simulate
+
+    dataset = simulate(PerturbParams(**PERTURB_TINY), seed=1)
+    x = dataset.factual.X.toarray().astype(np.float32)
+    u = dataset.cells.perturbations.astype(np.float32)
+    train = dataset.tasks[0].split == "train"
+    return dataset, x, u, train

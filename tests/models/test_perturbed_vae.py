@@ -10,26 +10,10 @@ from simcell import SimcellError
 from simcell.models import create_model, get_preset, load_model
 from simcell.simulator.perturb import PerturbParams, simulate
 
-TINY = dict(
-    n_genes=30,
-    n_perturbations=3,
-    d_invariant=3,
-    d_responsive=3,
-    n_controls=200,
-    n_per_single=60,
-    n_per_double=30,
-    n_doubles=2,
-    n_double_tasks=1,
-)
-
 
 @pytest.fixture(scope="module")
-def tiny():
-    dataset = simulate(PerturbParams(**TINY), seed=1)
-    x = dataset.factual.X.toarray().astype(np.float32)
-    u = dataset.cells.perturbations.astype(np.float32)
-    train = dataset.tasks[0].split == "train"
-    return dataset, x, u, train
+def tiny(perturb_tiny):
+    return perturb_tiny
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +50,7 @@ def test_encode_returns_the_two_blocks_and_their_targets(fitted, tiny):
     representation = fitted.encode(x[:50], u[:50])
     assert set(representation.blocks) == {"invariant", "responsive"}
     assert representation.blocks["invariant"].shape == (50, fitted.config.invariant_dim)
-    assert representation.blocks["responsive"].shape == (50, TINY["n_perturbations"])
+    assert representation.blocks["responsive"].shape == (50, u.shape[1])
     assert dict(representation.targets) == {
         "invariant": "z_invariant",
         "responsive": "z_responsive",

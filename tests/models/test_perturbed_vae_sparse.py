@@ -17,27 +17,12 @@ from simcell import SimcellError
 from simcell.models import create_model, get_preset
 from simcell.models._trainer import build_module
 from simcell.models.perturbed_vae import PerturbedVAEModule
-from simcell.simulator.perturb import PerturbParams, simulate
-
-TINY = dict(
-    n_genes=30,
-    n_perturbations=3,
-    d_invariant=3,
-    d_responsive=3,
-    n_controls=200,
-    n_per_single=60,
-    n_per_double=30,
-    n_doubles=2,
-    n_double_tasks=1,
-)
+from simcell.simulator.perturb import simulate
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    dataset = simulate(PerturbParams(**TINY), seed=1)
-    x = dataset.factual.X.toarray().astype(np.float32)
-    u = dataset.cells.perturbations.astype(np.float32)
-    train = dataset.tasks[0].split == "train"
+def tiny(perturb_tiny):
+    _, x, u, train = perturb_tiny
     return x, u, train
 
 
