@@ -37,17 +37,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simcell import scenarios
 from simcell.evaluation import metrics
 from simcell.evaluation.metrics.identifiability import random_split_r2_reference
-from simcell.simulator.perturb import PerturbParams, simulate
+from simcell.simulator.perturb import simulate
 
-LINEAR = dict(
-    n_genes=100,
-    n_controls=400,
-    n_per_single=150,
-    n_per_double=60,
-    mixing="linear",
-    responsive_gene_fraction=1.0,
+#: the ``perturb-identifiability-linear`` scenario at test size
+LINEAR = scenarios.load(
+    "perturb-identifiability-linear", n_genes=100, n_controls=400, n_per_single=150, n_per_double=60
 )
 
 
@@ -76,7 +73,7 @@ def _aligned_invariant_block(x: np.ndarray, u: np.ndarray, d_invariant: int, d_a
 def scores():
     out = []
     for seed in range(3):
-        params = PerturbParams(**LINEAR)
+        params = LINEAR
         dataset = simulate(params, seed=seed)
         train = np.flatnonzero(dataset.tasks[0].split == "train")
         x = dataset.factual.X.toarray().astype(np.float64)

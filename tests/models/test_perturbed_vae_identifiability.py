@@ -6,22 +6,23 @@ z_ν direction; 100 genes, 400 controls, 150 cells per single; the train cells o
 task_0. Model: ``perturbed_vae`` with the environment-mean alignment
 (``alignment_kind="mean"``, α = 100), ``invariant_dim = 6``, the encoders reading
 log1p of the raw counts (``encoder_input="log1p"``: normalising to the total adds
-a nonlinear function of every latent to each gene), 80 epochs of the fast preset.
+a nonlinear function of every latent to each gene), 160 epochs of the fast preset
+(about 1,300 steps, under its 2,000-step cap).
 
 Measured (seeds 0, 1, 2; linear block R² of the true z_ι on held-out cells):
 
                           seed 0   seed 1   seed 2
-    aligned (mean, α=100)     0.920    0.927    0.809  (0.900 after 160 epochs)
-    no alignment              0.622    0.562    0.605
-    single environment        0.667    0.536    0.631
+    aligned (mean, α=100)     0.941    0.947    0.900  (80 epochs: 0.920 0.927 0.809)
+    no alignment              0.627    0.586    0.616
+    single environment        0.669    0.541    0.608
     random 6-dim split, 95th  0.719    0.768    0.769
-    leakage R²(z_ν | block): aligned 0.16 0.28 0.26, no alignment 0.72 0.75 0.81,
-    single environment 0.66 0.83 0.86; ideal (what z_ι explains) 0.19 0.38 0.38
+    leakage R²(z_ν | block): aligned 0.17 0.30 0.29, no alignment 0.71 0.71 0.76,
+    single environment 0.67 0.81 0.82; ideal (what z_ι explains) 0.19 0.38 0.38
 
 The paper reports 0.97 aligned vs 0.66 not aligned. The margins asserted
 (0.1, and 0.3 in leakage) sit well inside the measured gaps (0.20-0.37).
-The default test (seed 0) fits three models: ~190 s of CPU on a loaded
-machine.
+The default test (seed 0, 0.04 above the 0.9 bar) fits three models: about
+20 s on an idle 2-core machine.
 
 The negative control is the same model and metric on a single environment (the
 controls alone): nothing to align, the split is not identified.
@@ -33,22 +34,18 @@ import numpy as np
 import pytest
 import torch
 
-from simcell import SimcellError
+from simcell import SimcellError, scenarios
 from simcell.evaluation import metrics
 from simcell.evaluation.metrics.identifiability import random_split_r2_reference
 from simcell.models import create_model, get_preset
 from simcell.models.perturbed_vae import _features
-from simcell.simulator.perturb import PerturbParams, simulate
+from simcell.simulator.perturb import simulate
 
-REGIME = dict(
-    n_genes=100,
-    n_controls=400,
-    n_per_single=150,
-    n_per_double=60,
-    mixing="linear",
-    responsive_gene_fraction=1.0,
+#: the ``perturb-identifiability-linear`` scenario at test size
+REGIME = scenarios.load(
+    "perturb-identifiability-linear", n_genes=100, n_controls=400, n_per_single=150, n_per_double=60
 )
-IDENTIFIED = dict(invariant_dim=6, encoder_input="log1p", max_epochs=80)
+IDENTIFIED = dict(invariant_dim=6, encoder_input="log1p", max_epochs=160)
 NOALIGN_MARGIN, SINGLE_MARGIN = 0.1, 0.1
 SETTINGS = {
     "align": ("perturbed_vae_meanalign", False),
@@ -69,7 +66,7 @@ def test_encoder_input_is_log1p_of_the_raw_or_the_normalised_counts():
 
 
 def _scores(seed: int) -> dict[str, float]:
-    dataset = simulate(PerturbParams(**REGIME), seed=seed)
+    dataset = simulate(REGIME, seed=seed)
     train = np.flatnonzero(dataset.tasks[0].split == "train")
     x = dataset.factual.X.toarray().astype(np.float32)
     u = dataset.cells.perturbations.astype(np.float32)
@@ -106,7 +103,7 @@ def test_aligned_invariant_block_reaches_the_paper_bar_and_the_controls_fail():
 
 @pytest.mark.slow
 def test_the_other_two_seeds_as_measured():
-    """Seeds 1 and 2 (seed 0 is the default test). Seed 2 converges more slowly:
-    0.809 after 80 epochs, 0.900 after 160 (leakage 0.29), so its floor is 0.8."""
-    for seed, floor in ((1, 0.9), (2, 0.8)):
+    """Seeds 1 and 2 (seed 0 is the default test). Seed 2 converges more slowly
+    (0.900 at this budget, 0.809 at half of it), so its floor is 0.85."""
+    for seed, floor in ((1, 0.9), (2, 0.85)):
         _check(_scores(seed), floor)
