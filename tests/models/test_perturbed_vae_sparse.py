@@ -16,7 +16,7 @@ import torch
 from simcell import SimcellError
 from simcell.models import create_model, get_preset
 from simcell.models._trainer import build_module
-from simcell.models.perturbed_vae import PerturbedVAEModule
+from simcell.models.perturbed_vae import PerturbedVAEModule, shift_axes
 from simcell.simulator.perturb import simulate
 
 
@@ -127,15 +127,13 @@ def test_the_sparse_scenario_is_single_target_without_a_dag_or_coupling():
 
 
 def _single_target_axes(x: np.ndarray, u: np.ndarray, n_components: int) -> np.ndarray:
-    """Σ⁻¹ δ_p projections of log-normalised counts, one column per perturbation."""
+    """The shift axes Σ⁻¹ δ_p of the controls' principal components of log-normalised counts."""
     features = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
     controls = u.sum(axis=1) == 0
     features = features - features[controls].mean(axis=0)
     _, _, vt = np.linalg.svd(features[controls], full_matrices=False)
     y = features @ vt[:n_components].T
-    singles = [(u[:, p] == 1) & (u.sum(axis=1) == 1) for p in range(u.shape[1])]
-    delta = np.stack([y[rows].mean(axis=0) for rows in singles], axis=1)
-    return y @ np.linalg.solve(np.cov(y[controls].T), delta)
+    return shift_axes(y, u).transform(y)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -161,47 +159,62 @@ def test_single_target_shifts_identify_the_responsive_axes_and_dense_shifts_do_n
     assert mcc < rotation_mean < threshold
 
 
-# The model on the same data (60 genes, 650 train cells; fast preset with
-# alignment_kind="mean", α = 100, invariant_dim 6, learning rate 1e-2), seeds 0 / 1 / 2:
+# The model on the same data (60 genes, 650 train cells, perturbed_vae_meanalign's
+# fast preset). Its encoder's responsive block is not identified: the dense
+# embedding leaves z_ν's rotation free, and a diagonal one does not select it within
+# the budget (the within-environment spread, sd 1.5-1.7 against the prior's 1, is
+# encoded rotated). Its shift axes, read from the whole code after training, are:
 #
-#                                        responsive MCC     responsive R²
-#   shift_embedding="diagonal"           0.568 0.627 0.488  0.76 0.84 0.61
-#   dense embedding                      0.573 0.627 0.483  0.76 0.82 0.58
-#   diagonal, dense-shift data           0.623 0.697 0.768
-#   rotated z_ν: mean (95th percentile)  0.772 0.773 0.772 (0.896 0.899 0.895)
+#   seed                                 0     1     2     3     4
+#   shift axes (responsive_readout)      0.955 0.968 0.961 0.962 0.966
+#   the encoder's own block, same fit    0.565 0.560 0.532 0.584 0.671
+#   shift axes, dense-shift data         0.686 0.710 0.749 0.749 0.694
+#   rotated z_ν: 95th percentile         0.896 0.899 0.895 0.893 0.896
 #
-# The mean shifts sit on the right axes, but the within-environment spread of the
-# block (sd 1.5-1.7 against the prior's 1) is encoded rotated: the identification
-# needs the aggregate posterior to match the prior, which the fast budget does not
-# reach (seed 0, 100 genes: 0.72 at 40 epochs, 0.78 at 120). Pinned below.
+# (default scenario size: 0.985 0.985 0.986 against the data's 0.985, dense 0.70-0.74)
 
 MODEL_REGIME = dict(n_genes=60, n_controls=300, n_per_single=100, n_per_double=40)
 
 
-@pytest.mark.slow
-def test_the_diagonal_embedding_does_not_yet_reach_the_identified_axes():
+def _fit_shift_axes(seed: int, shift_targets: int = 1):
     from simcell import scenarios
     from simcell.evaluation import metrics
     from simcell.evaluation.metrics.identifiability import rotation_mcc_reference
 
-    params = scenarios.load("perturb-identifiability-sparse").replace(**MODEL_REGIME)
-    dataset = simulate(params, seed=0)
+    params = scenarios.load("perturb-identifiability-sparse").replace(
+        **MODEL_REGIME, shift_targets=shift_targets
+    )
+    dataset = simulate(params, seed=seed)
     train = dataset.tasks[0].split == "train"
     x = dataset.factual.X.toarray().astype(np.float32)[train]
     u = dataset.cells.perturbations.astype(np.float32)[train]
     z = dataset.z_responsive[train]
-    model = create_model(
-        "perturbed_vae",
-        device="cpu",
-        seed=0,
-        progress_bar=False,
-        alignment_kind="mean",
-        alignment=100.0,
-        invariant_dim=params.d_invariant,
-        learning_rate=1e-2,
-        shift_embedding="diagonal",
-    ).fit(x, u)
-    learned = metrics.latent_mcc(model.encode(x, u).blocks["responsive"], z)
-    threshold = np.quantile(rotation_mcc_reference(z, seed=0), 0.95)
-    identified = metrics.latent_mcc(_single_target_axes(x, u, 10), z)
-    assert identified > threshold > learned > 0.4
+    model = create_model("perturbed_vae_meanalign", device="cpu", seed=seed, progress_bar=False)
+    model.fit(x, u)
+    encoder_block = model._code(x, u)[:, model.config.invariant_dim :]
+    rotation = rotation_mcc_reference(z, seed=0)
+    return (
+        metrics.latent_mcc(model.encode(x, u).blocks["responsive"], z),
+        metrics.latent_mcc(encoder_block, z),
+        rotation.mean(),
+        np.quantile(rotation, 0.95),
+    )
+
+
+def _assert_shift_axes_identify(seed: int) -> None:
+    mcc, encoder_mcc, _, threshold = _fit_shift_axes(seed)
+    assert mcc > threshold + 0.03
+    assert encoder_mcc < threshold  # the paper's readout of the same fit is not identified
+    # negative control: with dense shifts nothing singles the axes out
+    mcc, _, rotation_mean, threshold = _fit_shift_axes(seed, shift_targets=4)
+    assert mcc < rotation_mean and mcc < threshold - 0.1
+
+
+def test_the_models_shift_axes_recover_the_responsive_latents_and_fail_on_dense_shifts():
+    _assert_shift_axes_identify(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_models_shift_axes_recover_the_responsive_latents_on_more_seeds(seed):
+    _assert_shift_axes_identify(seed)
