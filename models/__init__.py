@@ -6,7 +6,7 @@
 >>> x_cf = model.counterfactual(x, concepts, target_concepts)  # doctest: +SKIP
 
 Registered models (:func:`list_models`): ``identity``, ``mean_shift``,
-``latent_shift``, ``cvae``, ``sccbgm``, ``cbgm``, ``vanilla_fm_edit``,
+``additive``, ``latent_shift``, ``cvae``, ``sccbgm``, ``cbgm``, ``vanilla_fm_edit``,
 ``vanilla_fm_decode``, ``sccbgm_fm_edit``, ``sccbgm_fm_decode``,
 ``cvae_fm_edit``, ``cvae_fm_decode``, ``scgen``, and the adapters ``biolord``
 and ``cinemaot`` (they need ``pip install 'simcell[baselines]'``; see
@@ -54,6 +54,7 @@ from .base import (
 from .baselines import (
     BASELINE_PRESETS,
     LATENT_SHIFT_PRESETS,
+    Additive,
     BaselineConfig,
     Identity,
     LatentShift,
@@ -100,6 +101,7 @@ __all__ = [
     "INPUT_SPACES",
     "InputSpace",
     "FlowMatchingModel",
+    "Additive",
     "Identity",
     "Intervention",
     "LatentShift",

@@ -17,7 +17,7 @@ from simcell import SimcellError
 from ._common import CHECKPOINT_FORMAT, ModelBase
 from ._config import ModelConfig
 from ._trainer import load_checkpoint
-from .baselines import Identity, LatentShift, MeanShift
+from .baselines import Additive, Identity, LatentShift, MeanShift
 from .causcell import CausCell, CausCellHard, CausCellIND
 from .cvae import CVAE
 from .external import Biolord, CinemaOT, missing_packages
@@ -55,6 +55,7 @@ _REGISTRY: dict[str, type[ModelBase]] = {
     for model in (
         Identity,
         MeanShift,
+        Additive,
         LatentShift,
         CVAE,
         SCCBGM,

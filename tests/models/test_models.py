@@ -119,6 +119,39 @@ def test_mean_shift_on_a_constant_concept_warns(toy) -> None:
         create_model("mean_shift").fit(toy.x_train, concepts, concept_kinds=toy.concept_kinds)
 
 
+def test_additive_is_the_joint_regression_and_on_perturbations_the_sum_of_singles() -> None:
+    rng = np.random.default_rng(0)
+    # controls, two singles: each effect is its single's mean minus the controls'
+    u = np.repeat(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), [50, 30, 20], axis=0)
+    x = rng.standard_normal((100, 5)) + u @ np.array([[1.0] * 5, [-2.0] * 5])
+    model = create_model("additive").fit(x, u)
+    controls, first, second = x[:50].mean(0), x[50:80].mean(0), x[80:].mean(0)
+    np.testing.assert_allclose(
+        model.slopes_, np.stack([first - controls, second - controls]), atol=1e-6
+    )
+    # a single-0 cell asked do(u_1 := 1): the cell plus the single-1 effect
+    prediction = model.counterfactual(x[50:52], u[50:52], np.ones((2, 2)))
+    np.testing.assert_allclose(prediction, x[50:52] + second - controls, atol=1e-5)
+    # mean_shift measures the same effect against every other cell: it differs
+    other = create_model("mean_shift").fit(x, u).slopes_[1]
+    assert np.abs(other - (second - controls)).max() > 0.1
+    # a general design: the OLS coefficients (numpy's lstsq on [1, u])
+    u = rng.integers(0, 2, (200, 3)).astype(float)
+    x = rng.standard_normal((200, 4))
+    expected = np.linalg.lstsq(np.column_stack([np.ones(200), u]), x, rcond=None)[0][1:]
+    np.testing.assert_allclose(create_model("additive").fit(x, u).slopes_, expected, atol=1e-6)
+
+
+def test_additive_on_a_constant_concept_warns_and_ignores_it(toy) -> None:
+    from simcell import SimcellWarning
+
+    concepts = toy.concepts_train.copy()
+    concepts[:, 1] = 1.0
+    with pytest.warns(SimcellWarning, match=r"concept\(s\) \[1\]"):
+        model = create_model("additive").fit(toy.x_train, concepts, concept_kinds=toy.concept_kinds)
+    assert np.all(model.slopes_[1] == 0)
+
+
 def test_sccbgm_beats_identity(fitted_models, toy) -> None:
     prediction = fitted_models["sccbgm"].counterfactual(
         toy.x_intervene, toy.concepts_intervene, toy.target_concepts

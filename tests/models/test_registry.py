@@ -20,6 +20,7 @@ from simcell.models import (
 EXPECTED_MODELS = {
     "identity",
     "mean_shift",
+    "additive",
     "latent_shift",
     "cvae",
     "sccbgm",
