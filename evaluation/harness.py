@@ -647,6 +647,7 @@ def _representation_rows(
     cell_types,
     labels=None,
     latents: Mapping[str, np.ndarray] | None = None,
+    exogenous: np.ndarray | None = None,
 ):
     """Disentanglement and identifiability of a model's embedding of the train cells:
     every registered ``latent`` metric whose inputs the context has, per block of its
@@ -656,7 +657,11 @@ def _representation_rows(
     it names a target present in ``latents`` (true latent name -> array of the same
     cells), against that true latent (``latent_true``). A metric's row is named
     ``"<metric>:<block>"`` when there is more than one block, ``"<metric>"``
-    otherwise.
+    otherwise. ``exogenous``: a perturbation bundle's exogenous term of the same
+    cells (:func:`simcell.simulator.perturb.exogenous_latent`), what the
+    responsive latents are identifiable as; a block targeting ``z_responsive``
+    is also scored against it (``latent_mcc:<block>:z_exogenous`` and its
+    rotation bar).
 
     Raises
     ------
@@ -708,6 +713,29 @@ def _representation_rows(
             name = f"{metric.name}:{block_name}" if several else metric.name
             rows.append(labels.row(task, model_name, "latent", name, value))
     rows += _identifiability_rows(task, model_name, representation, latents, labels)
+    if exogenous is not None:
+        rows += _exogenous_rows(task, model_name, representation, exogenous, labels)
+    return rows
+
+
+def _exogenous_rows(task, model_name, representation, exogenous, labels):
+    """``latent_mcc:<block>:z_exogenous`` and ``latent_mcc_rotation95:<block>:z_exogenous``
+    of every block that targets ``z_responsive``."""
+    from simcell.evaluation.metrics.identifiability import latent_mcc, rotation_mcc_reference
+    from simcell.simulator.perturb import EXOGENOUS
+
+    rows = []
+    for block, target in representation.targets.items():
+        embedding = representation.blocks[block]
+        embedding = embedding[:, embedding.std(axis=0) > 0]
+        if target != "z_responsive" or not embedding.shape[1] or exogenous.shape[1] < 2:
+            continue
+        reference = rotation_mcc_reference(exogenous, seed=labels.seed)
+        for metric, value in (
+            (f"latent_mcc:{block}:{EXOGENOUS}", latent_mcc(embedding, exogenous)),
+            (f"latent_mcc_rotation95:{block}:{EXOGENOUS}", np.quantile(reference, 0.95)),
+        ):
+            rows.append(labels.row(task, model_name, "latent", metric, float(value)))
     return rows
 
 
@@ -810,6 +838,14 @@ def _causal_matrix_rows(factual, train, concepts, labels, task, model=None, conf
 def _train_latents(factual, data: TaskData) -> dict[str, np.ndarray]:
     """The bundle's true latents of the task's train cells (empty when it stores none)."""
     return {name: value[data.train] for name, value in schema.true_latents(factual).items()}
+
+
+def _train_exogenous(factual, data: TaskData) -> np.ndarray | None:
+    """A perturbation bundle's exogenous term of the task's train cells (else None)."""
+    from simcell.simulator.perturb import exogenous_latent
+
+    exogenous = exogenous_latent(factual)
+    return None if exogenous is None else exogenous[data.train]
 
 
 def _check_models(models: Sequence[str] | None) -> list[str]:
@@ -1090,6 +1126,7 @@ def _evaluate_task(
                     schema.cell_types(bundle.factual)[data.train],
                     labels,
                     _train_latents(bundle.factual, data),
+                    _train_exogenous(bundle.factual, data),
                 )
                 rows += _causal_matrix_rows(
                     bundle.factual, data.train, annotations.train, labels, name, model_name, config

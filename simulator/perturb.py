@@ -829,6 +829,39 @@ def _layers(layers: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
     return named
 
 
+#: the derived true latent a shift readout identifies (see :func:`exogenous_latent`)
+EXOGENOUS = "z_exogenous"
+
+
+def exogenous_latent(factual: ad.AnnData) -> np.ndarray | None:
+    """The SCM's exogenous term S u + η = (I − B) z_ν − Γ z_ι of every cell.
+
+    Shift interventions move the means only, so B and Γ are free
+    reparametrisations of the responsive latents: z̃ = (I − B) z_ν − Γ z_ι is
+    the same data under B̃ = 0, Γ̃ = 0. What single-target shifts identify up to
+    permutation and scale is therefore this term, not z_ν (equal to it when the
+    scenario has no DAG and no coupling, as ``perturb-identifiability-sparse``).
+
+    Parameters
+    ----------
+    factual : AnnData
+        A bundle's ``factual`` (its stored latents and world).
+
+    Returns
+    -------
+    ndarray, shape (n_cells, d_responsive), or None
+        None for a bundle of another process.
+    """
+    if S.process_name(factual) != PROCESS:
+        return None
+    latents = S.true_latents(factual)
+    world = factual.uns[S.UNS][S.UNS_PERTURB]
+    scm = np.asarray(world[S.PERTURB_SCM_WEIGHTS], dtype=np.float64)
+    coupling = np.asarray(world[S.PERTURB_COUPLING], dtype=np.float64)
+    z_responsive, z_invariant = latents["z_responsive"], latents["z_invariant"]
+    return z_responsive - z_responsive @ scm.T - z_invariant @ coupling.T
+
+
 def simulate(params: PerturbParams, seed: int = 0, *, scenario: str = "custom") -> PerturbDataset:
     """Simulate a ``perturb-identifiability`` dataset in memory (counts and twins)."""
     if not isinstance(params, PerturbParams):

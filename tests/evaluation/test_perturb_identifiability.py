@@ -111,3 +111,39 @@ def test_a_single_environment_fails_measurably(scores):
         assert row["single"] < row["many"] - 0.1
         assert row["single_leak"] > row["many_leak"] + 0.4
         assert row["single_leak"] > row["ideal_leak"] + 0.3
+
+
+def test_the_harness_scores_a_responsive_block_against_the_exogenous_term_too(tmp_path):
+    """The shift axes target S u + η (what shifts identify); the encoder's block does not."""
+    from simcell.evaluation import evaluate
+    from simcell.simulator.perturb import PerturbParams
+    from simcell.simulator.stream import generate_bundle
+
+    params = PerturbParams(
+        n_genes=40,
+        n_perturbations=3,
+        d_invariant=3,
+        d_responsive=3,
+        n_controls=300,
+        n_per_single=100,
+        n_per_double=30,
+        n_doubles=1,
+        n_double_tasks=1,
+        mixing="linear",
+        responsive_gene_fraction=1.0,
+    )
+    generate_bundle(params, 0, tmp_path / "b", scenario="test")
+    table = evaluate(
+        tmp_path / "b",
+        models=["perturbed_vae", "perturbed_vae_meanalign"],
+        n_components=10,
+        n_boot=20,
+        device="cpu",
+        cell_level=False,
+    )
+    latent = table[table["space"] == "latent"].set_index(["model", "metric"])["value"]
+    bar = latent["perturbed_vae_meanalign", "latent_mcc_rotation95:responsive:z_exogenous"]
+    assert latent["perturbed_vae_meanalign", "latent_mcc:responsive:z_exogenous"] > bar
+    assert latent["perturbed_vae", "latent_mcc:responsive:z_exogenous"] < bar
+    # the identity has no representation; the rows are the representation's only
+    assert not table["metric"].str.endswith("z_exogenous")[table["model"] == "identity"].any()

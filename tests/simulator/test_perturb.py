@@ -278,3 +278,26 @@ def test_the_harness_scores_a_perturb_bundle_without_oracle_rows(tmp_path, caplo
     assert not {"oracle", "oracle_sample", "noise_floor"} & set(table["model"])
     assert "no oracle for process perturb-identifiability" in caplog.text
     assert table["value"].notna().any()
+
+
+def test_the_exogenous_latent_is_the_shift_plus_eta_from_what_the_bundle_stores(tmp_path):
+    from simcell.simulator.perturb import exogenous_latent
+
+    params = PerturbParams(**{**SMALL, "invariant_coupling": 0.5})
+    generate_bundle(params, 3, tmp_path / "b", scenario="test")
+    bundle = read_bundle(tmp_path / "b")
+    dataset = simulate(params, seed=3)
+    expected = dataset.cells.eta + dataset.cells.perturbations @ dataset.world.shifts
+    np.testing.assert_allclose(exogenous_latent(bundle.factual), expected, atol=1e-12)
+    # it is not z_ν (a DAG and the coupling move it) ...
+    assert np.abs(expected - dataset.z_responsive).max() > 0.5
+    # ... and is no property of another process's bundle
+    assert exogenous_latent(_concept_latent_factual()) is None
+
+
+def _concept_latent_factual():
+    from simcell.simulator import simulate as simulate_concepts
+
+    return simulate_concepts(
+        scenarios.load("synthetic1", n_cells=60, n_genes=20, n_tasks=0), 0
+    ).factual
