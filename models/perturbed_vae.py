@@ -124,7 +124,8 @@ class PerturbedVAEConfig(NeuralConfig):
         0.78), while the data's own single-target axes score 0.98. With
         ``encoder_input="log1p"`` too: 0.56 / 0.54 / 0.57 at 40 epochs and
         0.70 / 0.69 / 0.72 at 300 (dense: 0.51 / 0.64 / 0.67), still below
-        the rotation's 95th percentile (0.90).
+        the rotation's 95th percentile (0.90). What does identify the block is
+        reading it after training: ``responsive_readout="shift_axes"``.
     residual_abduction : bool
         ``False``: predict the expected counts under the new u. ``True``: also
         abduct the cell's own deviation from its expected counts, x' = x · λ' / λ
