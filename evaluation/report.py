@@ -143,7 +143,9 @@ def summary_markdown(results: pd.DataFrame, title: str) -> str:
             "",
             "Representation blocks against the bundle's true latents (`<metric>:<block>`), "
             "with the bars a non-identified answer reaches (`*_rotation95`, "
-            "`*_random_split95`) and the wrong-block leakage (`wrong_block_r2`), and "
+            "`*_random_split95`) and the wrong-block leakage (`wrong_block_r2`); "
+            "`<metric>:<block>:z_exogenous` scores a responsive block against a "
+            "perturbation SCM's exogenous term S u + η, what mean shifts identify; and "
             "causal-matrix recovery against the true drift matrix (`causal_*`; "
             "`de_baseline` is the differential-expression estimate).",
             "",
