@@ -63,8 +63,13 @@ from simcell.simulator.posterior import InterventionLike, Transform, TwinPosteri
 DEFAULT_CHUNK = 256
 #: proposals per cell in the importance pool, and the Student-t proposal's degrees of freedom
 N_PROPOSALS, DOF = 512, 10.0
-#: weight of the Laplace Student-t in the pool's two-component proposal
-_LAPLACE_SHARE = 0.5
+#: the pool's proposal: shares of the Laplace Student-t, the adapted one and a defensive
+#: one (the Laplace scale times _WIDE), which bounds the weights where the posterior is
+#: wider than the Laplace approximation (across a kink of the mixing)
+_SHARES, _WIDE = (0.45, 0.45, 0.1), 2.0
+#: a cell whose pool's ESS is below this draws up to this many more pools (weights 0 pad
+#: the other cells' pools to a common size)
+_MIN_ESS, _EXTRA_POOLS = 128.0, 3
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
 #: draw x cell x gene entries computed in one block (memory bound)
 _BLOCK_ENTRIES = 1 << 21
@@ -578,16 +583,42 @@ class PerturbTwinPosterior:
         prior = laplace @ np.transpose(laplace, (0, 2, 1))
         shrink = (ess / (ess + dim))[:, None, None]
         adapted = np.linalg.cholesky(shrink * covariance + (1 - shrink) * prior)
-        m = self.n_proposals
-        first = self._proposals(generators, m, mode, laplace)
-        second = self._proposals(generators, m, centre, adapted)
-        which = np.stack([gen.random(m) for gen in generators]) < _LAPLACE_SHARE
-        theta = np.where(which[..., None], first, second)
-        log_q = np.logaddexp(
-            np.log(_LAPLACE_SHARE) + self._log_t(theta, mode, laplace),
-            np.log1p(-_LAPLACE_SHARE) + self._log_t(theta, centre, adapted),
-        )
-        weights = _normalised(self._log_target(theta, rows) - log_q)
+
+        def draw(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """n_proposals draws of the mixture for the cells ``part`` of the block, and
+            their log weights."""
+            m, gens = self.n_proposals, [generators[r] for r in part]
+            components = [
+                (mode[part], laplace[part]),
+                (centre[part], adapted[part]),
+                (mode[part], _WIDE * laplace[part]),
+            ]
+            draws = [self._proposals(gens, m, c, chol) for c, chol in components]
+            pick = np.stack([gen.random(m) for gen in gens])[..., None]
+            theta = np.where(
+                pick < _SHARES[0], draws[0], np.where(pick < _SHARES[0] + _SHARES[1], *draws[1:])
+            )
+            log_q = np.logaddexp.reduce(
+                [
+                    np.log(share) + self._log_t(theta, c, chol)
+                    for share, (c, chol) in zip(_SHARES, components, strict=True)
+                ],
+                axis=0,
+            )
+            return theta, self._log_target(theta, rows[part]) - log_q
+
+        theta, log_w = draw(np.arange(rows.size))
+        for _ in range(_EXTRA_POOLS):  # a cell whose pool is poor draws another, from the same q
+            ess = 1.0 / np.sum(_normalised(log_w) ** 2, axis=1)
+            low = np.flatnonzero(ess < _MIN_ESS)
+            if not low.size:
+                break
+            more, more_log_w = draw(low)
+            theta = np.concatenate([theta, np.zeros_like(theta[:, : self.n_proposals])], axis=1)
+            log_w = np.concatenate([log_w, np.full((rows.size, self.n_proposals), -np.inf)], axis=1)
+            theta[low, -self.n_proposals :] = more
+            log_w[low, -self.n_proposals :] = more_log_w
+        weights = _normalised(log_w)
         self._ess[rows] = 1.0 / np.sum(weights * weights, axis=1)
         return theta, weights
 
@@ -633,7 +664,8 @@ class PerturbTwinPosterior:
             for r, gen in enumerate(generators):
                 u = gen.random(n_samples) * cumulative[r, -1]
                 pick = np.searchsorted(cumulative[r], u, side="right")
-                chosen[r] = theta[r, np.minimum(pick, self.n_proposals - 1)]
+                last = np.flatnonzero(weights[r] > 0)[-1]  # padding has weight 0
+                chosen[r] = theta[r, np.minimum(pick, last)]
                 uniform[r] = gen.random((n_samples, n_genes))
             yield rows, self._twins(rows, chosen, uniform)
 
