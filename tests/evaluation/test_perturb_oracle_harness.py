@@ -37,3 +37,21 @@ def test_a_residual_skips_the_oracle_rows_without_a_crash(tmp_path):
     table = evaluate(tmp_path / "bundle", models=[], oracle_samples=8, n_boot=50)
     assert "identity" in set(table.model)
     assert not {"oracle", "oracle_sample", "noise_floor"} & set(table.model)
+
+
+def test_oracle_posterior_dispatches_on_perturb_bundles(tmp_path):
+    from simcell.evaluation.oracle import oracle_available, oracle_posterior
+    from simcell.models import Intervention
+    from simcell.simulator import read_bundle
+    from simcell.simulator.posterior_perturb import PerturbTwinPosterior
+
+    generate_bundle(PerturbParams(**TINY), 1, tmp_path / "bundle")
+    bundle = read_bundle(tmp_path / "bundle")
+    assert oracle_available(bundle)
+    posterior = oracle_posterior(bundle, np.arange(5), Intervention(do={"concept_0": 1.0}))
+    assert isinstance(posterior, PerturbTwinPosterior)
+    # the bundle round trip keeps the world: do() of the factual labels returns the cells
+    same = oracle_posterior(bundle, np.arange(5), Intervention(do={}))
+    np.testing.assert_array_equal(
+        same.sample(np.random.default_rng(0)), bundle.factual.X[:5].toarray()
+    )
