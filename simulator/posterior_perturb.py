@@ -31,7 +31,7 @@ posterior of the twin is drawn in two steps:
    resampling). Each cell's ESS (Σ w)² / Σ w² is kept in
    :attr:`PerturbTwinPosterior.effective_sample_size`. Measured on the shipped
    scenario (seed 0, every 7th cell), as a fraction of 512: median 0.53, 5 %
-   quantile 0.31, minimum 0.17 (the Laplace Student-t alone: 0.42 / 0.16 / 0.02).
+   quantile 0.31, minimum 0.17 (a 4-dof Laplace Student-t alone: 0.42 / 0.16 / 0.02).
    The law of a resampled θ differs from the posterior by O(1 / ESS); the
    posterior means of θ are calibrated against the true latents
    (``tests/simulator/test_posterior_perturb.py``).
