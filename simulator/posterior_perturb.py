@@ -648,7 +648,6 @@ class PerturbTwinPosterior:
     def _blocks(self, chunk: int, n_draws: int) -> Iterator[np.ndarray]:
         n = self.cells.n_cells
         size = max(1, min(chunk, _BLOCK_ENTRIES // max(n_draws * self.cells.n_genes, 1)))
-        size = max(size, 1)
         for start in range(0, n, size):
             yield np.arange(start, min(start + size, n))
 
@@ -796,6 +795,8 @@ class PerturbTwinPosterior:
             if out is None:
                 out = np.empty((n, *value.shape[1:]), dtype=value.dtype)
             out[rows] = value
+        if out is None:
+            return transform(cells.counts[:0])
         return out
 
     def latent_summary(
