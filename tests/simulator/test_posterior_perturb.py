@@ -296,3 +296,21 @@ def test_bad_inputs_are_one_line_errors(dataset, small_dataset):
         )
     with pytest.raises(SimcellError, match="n_samples"):
         posterior.mean(np.log1p, 0, np.random.default_rng(0))
+
+
+def test_the_oracle_reads_neither_the_true_latents_nor_the_library_size(dataset):
+    """The same draws from a bundle stripped of obsm latents and obs library sizes."""
+    from types import SimpleNamespace
+
+    task = dataset.tasks[0]
+    intervention = Intervention(do={f"concept_{task.concept}": 1.0})
+    stripped = dataset.factual.copy()
+    for key in list(stripped.obsm):
+        if key.startswith(schema.latent_key("")):
+            del stripped.obsm[key]
+    stripped.obs = stripped.obs.drop(columns=[schema.OBS_LIBRARY_SIZE])
+    cells = task.intervene[:20]
+    full = perturb_posterior(dataset, cells, intervention)
+    blind = perturb_posterior(SimpleNamespace(factual=stripped), cells, intervention)
+    rng = np.random.default_rng
+    assert full.sample(rng(0)).tobytes() == blind.sample(rng(0)).tobytes()
