@@ -42,7 +42,7 @@ from simcell._random import int_seed, stream
 from simcell.evaluation import metrics as m
 from simcell.evaluation.metrics.distribution import SINKHORN_EPSILON_SCALE
 from simcell.evaluation.metrics.ratios import competing_references
-from simcell.evaluation.oracle import oracle_posterior
+from simcell.evaluation.oracle import oracle_available, oracle_posterior
 from simcell.evaluation.predictions import brought_for_task, check_pca_settings, read_predictions
 from simcell.evaluation.tasks import NO_CORRUPTION, Corruption, TaskData, build_task
 from simcell.simulator import Bundle, read_bundle, schema
@@ -1053,7 +1053,7 @@ def _evaluate_task(
         if truth is None:  # real cells: the floor is a split of the heldout population
             rows += _split_floor_rows(data, base, seed)
         rows += _causal_matrix_rows(bundle.factual, data.train, None, base, name)
-    has_oracle = schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
+    has_oracle = oracle_available(bundle)
     if truth is not None and not has_oracle:
         log.info(
             "%s: no oracle for process %s; oracle/oracle_sample/noise_floor skipped",
@@ -1085,6 +1085,11 @@ def _evaluate_task(
                 # cell x gene arrays (hundreds of MB at full size) freed as soon as
                 # scored, so that they do not add to the next step's peak
                 del gene_halves, oracle_genes, pca_halves
+                ess = getattr(posterior, "effective_sample_size", None)
+                if ess is not None and ess.size:  # an importance-sampled oracle
+                    log.info(
+                        "%s: oracle ESS min %.0f, median %.0f", name, ess.min(), np.median(ess)
+                    )
             sample = posterior.sample(stream(seed, name, "oracle_sample"))
             _, sample_pcs = data.project(sample)
             del sample

@@ -25,8 +25,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simcell.simulator import CellPosterior, TwinPosterior, cell_posterior
+from simcell.simulator import CellPosterior, TwinPosterior, cell_posterior, schema
+from simcell.simulator.posterior_perturb import is_perturb, perturb_noise_sd, perturb_posterior
 from simcell.simulator.posterior_realistic import is_realistic, realistic_posterior
+
+
+def oracle_available(bundle) -> bool:
+    """Whether the harness can build the oracle of a bundle's tasks.
+
+    The concept-latent process always; ``perturb-identifiability`` without a
+    residual (``noise_sd`` = 0, every shipped scenario); no other process.
+    """
+    if is_perturb(bundle):
+        return perturb_noise_sd(bundle) == 0
+    return schema.process_name(bundle.factual) == schema.CONCEPT_LATENT
 
 
 def oracle_posterior(bundle, intervene: np.ndarray, intervention) -> TwinPosterior:
@@ -44,9 +56,12 @@ def oracle_posterior(bundle, intervene: np.ndarray, intervention) -> TwinPosteri
     -------
     TwinPosterior
         Or, for a bundle with overdispersion or capture (``realistic`` counts),
-        the posterior of :mod:`simcell.simulator.posterior_realistic`, which has
-        the same methods.
+        the posterior of :mod:`simcell.simulator.posterior_realistic`, and for a
+        ``perturb-identifiability`` bundle that of
+        :mod:`simcell.simulator.posterior_perturb`; both have the same methods.
     """
+    if is_perturb(bundle):
+        return perturb_posterior(bundle, intervene, intervention)
     if is_realistic(bundle):
         return realistic_posterior(bundle, intervene, intervention)
     return TwinPosterior(cell_posterior(bundle, intervene), intervention)

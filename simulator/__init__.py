@@ -3,7 +3,8 @@
 Public API: :func:`simulate`, :class:`Dataset`, :func:`poisson_ppf`,
 :func:`make_tasks`, :func:`corrupt`, :func:`write_bundle`, :func:`read_bundle`,
 :class:`SimulationParams`, and the exact posterior of cells' exogenous noise and
-twins (:func:`cell_posterior`, :class:`TwinPosterior`, :func:`same_law_sample`).
+twins (:func:`cell_posterior`, :class:`TwinPosterior`, :func:`same_law_sample`;
+:func:`perturb_posterior` for the ``perturb-identifiability`` process).
 """
 
 from simcell.simulator.bundle import Bundle, bundle_identity, read_bundle, write_bundle
@@ -18,6 +19,7 @@ from simcell.simulator.posterior import (
     concept_dag,
     same_law_sample,
 )
+from simcell.simulator.posterior_perturb import PerturbTwinPosterior, perturb_posterior
 from simcell.simulator.process import Dataset, simulate
 from simcell.simulator.stream import generate_bundle
 from simcell.simulator.tasks import Task, make_tasks
@@ -29,6 +31,7 @@ __all__ = [
     "CellStates",
     "CorruptionRecord",
     "Dataset",
+    "PerturbTwinPosterior",
     "SimulationParams",
     "Task",
     "TwinPosterior",
@@ -40,6 +43,7 @@ __all__ = [
     "draw_world",
     "generate_bundle",
     "make_tasks",
+    "perturb_posterior",
     "poisson_ppf",
     "read_bundle",
     "same_law_sample",
