@@ -1055,10 +1055,13 @@ def _evaluate_task(
         rows += _causal_matrix_rows(bundle.factual, data.train, None, base, name)
     has_oracle = oracle_available(bundle)
     if truth is not None and not has_oracle:
+        process = schema.process_name(bundle.factual)
+        reason = " with a residual (noise_sd > 0)" if process == schema.PROCESS_PERTURB else ""
         log.info(
-            "%s: no oracle for process %s; oracle/oracle_sample/noise_floor skipped",
+            "%s: no oracle for process %s%s; oracle/oracle_sample/noise_floor skipped",
             name,
-            schema.process_name(bundle.factual),
+            process,
+            reason,
         )
     if truth is not None and has_oracle:
         posterior = oracle_posterior(bundle, data.intervene, data.intervention)

@@ -276,7 +276,7 @@ def test_the_harness_scores_a_perturb_bundle_without_oracle_rows(tmp_path, caplo
         )
     assert {"identity", "mean_shift", "heldout"} <= set(table["model"])
     assert not {"oracle", "oracle_sample", "noise_floor"} & set(table["model"])
-    assert "no oracle for process perturb-identifiability" in caplog.text
+    assert "no oracle for process perturb-identifiability with a residual" in caplog.text
     assert table["value"].notna().any()
 
 
