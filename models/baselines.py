@@ -213,6 +213,8 @@ class MeanShift(ModelBase):
     name: ClassVar[str] = "mean_shift"
     config_class = BaselineConfig
     presets: ClassVar[Mapping[str, BaselineConfig]] = BASELINE_PRESETS
+    #: how the effects are estimated from (values, concepts): one concept at a time
+    _effects = staticmethod(concept_slopes)
 
     def fit(
         self,
@@ -225,7 +227,7 @@ class MeanShift(ModelBase):
         """Estimate one shift vector per concept."""
         x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
         self._set_dims(x.shape[1], kinds)
-        self.slopes_, self.concept_means_ = concept_slopes(x, concepts, model_name=self.name)
+        self.slopes_, self.concept_means_ = self._effects(x, concepts, model_name=self.name)
         return self
 
     def counterfactual(
@@ -261,20 +263,7 @@ class Additive(MeanShift):
     """
 
     name: ClassVar[str] = "additive"
-
-    def fit(
-        self,
-        x: np.ndarray,
-        concepts: np.ndarray,
-        *,
-        concept_kinds: tuple[ConceptKind, ...] | None = None,
-        context: FitContext | None = None,
-    ) -> Additive:
-        """Estimate every concept's effect in one regression."""
-        x, concepts, kinds = check_fit_inputs(x, concepts, concept_kinds)
-        self._set_dims(x.shape[1], kinds)
-        self.slopes_, self.concept_means_ = additive_effects(x, concepts, model_name=self.name)
-        return self
+    _effects = staticmethod(additive_effects)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,24 @@ def causal_dataset():
     return simulate(params, seed=3, scenario="causal")
 
 
+@pytest.fixture(scope="session")
+def perturb_tiny_params():
+    """A tiny ``perturb-identifiability`` process: 3 perturbations, one held-out double."""
+    from simcell.simulator.perturb import PerturbParams
+
+    return PerturbParams(
+        n_genes=30,
+        n_perturbations=3,
+        d_invariant=3,
+        d_responsive=3,
+        n_controls=200,
+        n_per_single=60,
+        n_per_double=30,
+        n_doubles=2,
+        n_double_tasks=1,
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Small tensors: one thread avoids oversubscribing a busy 2-core machine."""

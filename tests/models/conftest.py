@@ -116,26 +116,13 @@ def cuda_device() -> torch.device:
     return torch.device("cuda")
 
 
-#: a tiny ``perturb-identifiability`` process (3 perturbations, one held-out double)
-PERTURB_TINY = dict(
-    n_genes=30,
-    n_perturbations=3,
-    d_invariant=3,
-    d_responsive=3,
-    n_controls=200,
-    n_per_single=60,
-    n_per_double=30,
-    n_doubles=2,
-    n_double_tasks=1,
-)
-
-
 @pytest.fixture(scope="module")
-def perturb_tiny():
-    """(dataset, counts, perturbation labels, train mask) of :data:`PERTURB_TINY`, seed 1."""
-    from simcell.simulator.perturb import PerturbParams, simulate
+def perturb_tiny(perturb_tiny_params):
+    """(dataset, counts, perturbation labels, train mask) of the tiny perturbation
+    process (``perturb_tiny_params``), seed 1."""
+    from simcell.simulator.perturb import simulate
 
-    dataset = simulate(PerturbParams(**PERTURB_TINY), seed=1)
+    dataset = simulate(perturb_tiny_params, seed=1)
     x = dataset.factual.X.toarray().astype(np.float32)
     u = dataset.cells.perturbations.astype(np.float32)
     train = dataset.tasks[0].split == "train"
