@@ -114,23 +114,30 @@ def test_a_single_environment_fails_measurably(scores):
 
 
 def test_the_harness_scores_a_responsive_block_against_the_exogenous_term_too(tmp_path):
-    """The shift axes target S u + η (what shifts identify); the encoder's block does not."""
+    """With a DAG the shift axes recover S u + η, not z_ν; the encoder's block neither.
+
+    Measured here (perturb-identifiability-linear, 60 genes, 300 controls, 100 cells
+    per single; seeds 0 / 1 / 2 / 3), latent MCC of the responsive block:
+
+                                          z_ν                      S u + η
+      perturbed_vae_meanalign (axes)      0.870 0.678 0.627 0.763  0.948 0.874 0.860 0.929
+      perturbed_vae (encoder)             -                        0.501 0.441 0.437 0.374
+      rotation bar (95th pct)             0.90                     0.896 0.897 0.895 0.895
+
+    At the scenario's own size (2,450 cells, 200 genes) the axes clear the bar on
+    all three seeds (0.982 / 0.974 / 0.979, ``simcell evaluate``, fast preset).
+    """
     from simcell.evaluation import evaluate
-    from simcell.simulator.perturb import PerturbParams
     from simcell.simulator.stream import generate_bundle
 
-    params = PerturbParams(
-        n_genes=40,
-        n_perturbations=3,
-        d_invariant=3,
-        d_responsive=3,
+    params = scenarios.load(
+        "perturb-identifiability-linear",
+        n_genes=60,
         n_controls=300,
         n_per_single=100,
-        n_per_double=30,
+        n_per_double=40,
         n_doubles=1,
         n_double_tasks=1,
-        mixing="linear",
-        responsive_gene_fraction=1.0,
     )
     generate_bundle(params, 0, tmp_path / "b", scenario="test")
     table = evaluate(
@@ -142,8 +149,9 @@ def test_the_harness_scores_a_responsive_block_against_the_exogenous_term_too(tm
         cell_level=False,
     )
     latent = table[table["space"] == "latent"].set_index(["model", "metric"])["value"]
-    bar = latent["perturbed_vae_meanalign", "latent_mcc_rotation95:responsive:z_exogenous"]
-    assert latent["perturbed_vae_meanalign", "latent_mcc:responsive:z_exogenous"] > bar
-    assert latent["perturbed_vae", "latent_mcc:responsive:z_exogenous"] < bar
+    axes = latent["perturbed_vae_meanalign", "latent_mcc:responsive:z_exogenous"]
+    assert axes > latent["perturbed_vae_meanalign", "latent_mcc:responsive"] + 0.05
+    assert axes > latent["perturbed_vae", "latent_mcc:responsive:z_exogenous"] + 0.3
+    assert ("perturbed_vae", "latent_mcc_rotation95:responsive:z_exogenous") in latent.index
     # the identity has no representation; the rows are the representation's only
     assert not table["metric"].str.endswith("z_exogenous")[table["model"] == "identity"].any()
